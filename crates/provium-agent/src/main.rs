@@ -1,0 +1,3 @@
+//! Provium guest agent.
+
+fn main() {}

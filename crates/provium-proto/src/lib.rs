@@ -1,0 +1,1 @@
+//! Wire protocol between the Provium host and its guest agent.

@@ -1,0 +1,5 @@
+//! Command-line interface: argument parsing, exit codes.
+
+pub fn main() -> i32 {
+    0
+}

@@ -1,0 +1,1 @@
+//! `provium.toml` loading and profile resolution.

@@ -1,0 +1,1 @@
+//! Test-file discovery under a test root.

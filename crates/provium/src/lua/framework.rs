@@ -1,0 +1,1 @@
+//! Globals: `test`, `todo`, `assert`, `assert_eq`, `assert_contains`.

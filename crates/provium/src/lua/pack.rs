@@ -1,0 +1,1 @@
+//! `provium.pack` / `provium.unpack`: little-endian binary structs.

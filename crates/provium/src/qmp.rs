@@ -1,0 +1,1 @@
+//! QMP client: the QEMU Machine Protocol over a unix socket.

@@ -1,0 +1,1 @@
+//! Reporting: run events and the terminal/plain reporter.

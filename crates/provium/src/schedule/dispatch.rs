@@ -1,0 +1,1 @@
+//! File dispatch: runs test files on worker threads.

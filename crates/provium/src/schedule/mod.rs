@@ -1,0 +1,4 @@
+//! Scheduling: file dispatch and the VM resource pool.
+
+pub mod dispatch;
+pub mod pool;

@@ -1,0 +1,1 @@
+//! The VM resource pool: memory/CPU gating for VM boots.

@@ -1,0 +1,1 @@
+//! The initramfs shim: a newc cpio archive appended to the profile initramfs.

@@ -1,0 +1,1 @@
+//! VM handles: QEMU launch, the agent link, acceleration and the default profile.
