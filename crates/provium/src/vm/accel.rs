@@ -1,0 +1,1 @@
+//! Acceleration choice: KVM only after proving it runs a guest, otherwise TCG.

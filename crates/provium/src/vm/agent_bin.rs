@@ -1,0 +1,1 @@
+//! The guest agent binary, built static and embedded in the host.

@@ -1,0 +1,1 @@
+//! Kernel image facts: the bzImage version string and module dependency resolution.

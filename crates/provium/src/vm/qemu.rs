@@ -1,0 +1,1 @@
+//! QEMU process launch, console capture, boot deadline and teardown.
