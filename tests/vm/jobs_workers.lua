@@ -1,5 +1,5 @@
 -- Background jobs and worker processes (fork and thread) against a real guest.
-local SYS = { write = 1, close = 3, getpid = 39, exit = 60, getuid = 102, setuid = 105,
+local SYS = { write = 1, close = 3, getpid = 39, exit_group = 231, getuid = 102, setuid = 105,
   openat = 257, gettid = 186 }
 
 local vm = provium.create()
@@ -64,14 +64,14 @@ end)
 
 test("a_worker_that_exits_is_reported_gone", function()
   local w = vm:spawn()
-  local ok, err = pcall(w.syscall, w, SYS.exit, 0)
-  assert(not ok, "exit(2) in a worker returned")
+  local ok, err = pcall(w.syscall, w, SYS.exit_group, 0)
+  assert(not ok, "exit_group(2) in a worker returned")
   assert(vm:exec("true").ok, "the VM's own agent died with the worker")
 end)
 
 test("the_agent_exiting_is_reported_not_hung_on", function()
-  local ok, err = pcall(vm.syscall, vm, SYS.exit, 0)
-  assert(not ok, "exit(2) in the agent returned")
+  local ok, err = pcall(vm.syscall, vm, SYS.exit_group, 0)
+  assert(not ok, "exit_group(2) in the agent returned")
   assert_contains(tostring(err), "agent")
   ok = pcall(vm.exec, vm, "true")
   assert(not ok, "a call after the agent died succeeded")
