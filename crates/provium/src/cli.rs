@@ -38,6 +38,18 @@ impl Exit {
     }
 }
 
+const TEST_EXAMPLES: &str = "\
+Examples:
+  provium test tests/                    run every test file under tests/
+  provium test tests/kacs_boot.lua       run one file
+  provium test -f token -f session tests/
+  provium test -p 1 --fail-fast tests/
+  provium test --rerun-failed tests/     rerun what failed last time in tests/
+  provium test --mem 4G --cpus 8 tests/  fixed VM resource budget
+
+Exit status: 0 when every file passed, 1 when any failed or on any error.
+Failed files' logs are kept under $PROVIUM_RUNS_DIR (default /tmp/provium-runs).";
+
 /// A VM test harness for Linux kernel and system code.
 #[derive(Debug, Parser)]
 #[command(name = "provium", version, about, propagate_version = false)]
@@ -49,6 +61,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Discover and run Lua test files.
+    #[command(after_help = TEST_EXAMPLES)]
     Test(TestArgs),
     /// Print the version number.
     Version,
@@ -58,7 +71,7 @@ enum Command {
 struct TestArgs {
     /// Run N test files in parallel [default: half the CPUs, minimum 2; unlimited with
     /// --mem/--cpus, where the VM pool gates instead]. -p 1 is strictly sequential.
-    #[arg(short = 'p', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short = 'p', value_name = "N", value_parser = parse_count)]
     jobs: Option<u32>,
 
     /// Only run files whose path relative to <PATH> contains PATTERN. Repeatable: a
@@ -80,13 +93,21 @@ struct TestArgs {
     mem: Option<u64>,
 
     /// Total vCPU budget for VMs. Enables fixed resource pooling.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
     cpus: Option<u32>,
 
     /// A directory of .lua test files (searched recursively, skipping fixtures/
     /// directories) or a single .lua file.
     #[arg(value_name = "PATH")]
     path: PathBuf,
+}
+
+fn parse_count(input: &str) -> Result<u32, String> {
+    match input.parse::<u32>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("expected a positive whole number".to_string()),
+    }
 }
 
 fn parse_mem(input: &str) -> Result<u64, String> {
@@ -155,13 +176,21 @@ fn clap_exit(error: clap::Error) -> Exit {
             let _ = error.print();
             Exit::Success
         }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            eprintln!("error: no command given: use 'provium test <PATH>' or 'provium version' (see 'provium --help')");
+            Exit::Error
+        }
         _ => {
             let rendered = error.render().to_string();
             let message: Vec<&str> = rendered
                 .lines()
                 .take_while(|line| !line.starts_with("Usage:"))
                 .map(str::trim)
-                .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
+                .filter(|line| {
+                    !line.is_empty()
+                        && !line.starts_with("tip:")
+                        && !line.starts_with("For more information")
+                })
                 .collect();
             let message = message.join(" ");
             let message = message.strip_prefix("error: ").unwrap_or(&message);
