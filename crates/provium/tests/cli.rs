@@ -661,3 +661,48 @@ fn concurrent_runs_use_distinct_run_dirs() {
         assert!(dir.join("a.lua.log").is_file(), "{}", dir.display());
     }
 }
+
+/// Runs provium under a pseudo-terminal (util-linux `script`, essential on Debian) so
+/// stdout is a TTY.
+fn provium_on_tty(sb: &Sandbox, args: &str, no_color: bool) -> Run {
+    let command = format!("{} {args}", env!("CARGO_BIN_EXE_provium"));
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"])
+        .current_dir(sb.root())
+        .env("PROVIUM_RUNS_DIR", &sb.runs)
+        .env("TERM", "xterm");
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    } else {
+        cmd.env_remove("NO_COLOR");
+    }
+    let output = cmd.output().expect("util-linux script(1) runs");
+    Run::new(&[&command], sb.root(), output)
+}
+
+#[test]
+fn terminal_gets_colours_and_status_unless_no_color() {
+    let sb = Sandbox::new();
+    sb.tree(
+        "t",
+        &[
+            ("a.lua", "error('x')\n"),
+            ("b.lua", "test('s', function() end)\n"),
+        ],
+    );
+    let run = provium_on_tty(&sb, "test -p 1 t", false);
+    run.expect_code(1);
+    run.assert_stdout_contains("\x1b[31mFAIL\x1b[0m");
+    run.assert_stdout_contains("\x1b[32mok\x1b[0m");
+    run.assert_stdout_contains("done, 1 running");
+    // The status line is erased before each block.
+    run.assert_stdout_contains("\r\x1b[2K  b.lua ... ");
+
+    let plain = provium_on_tty(&sb, "test -p 1 t", true);
+    plain.expect_code(1);
+    assert!(
+        !plain.stdout.contains('\x1b'),
+        "escape codes with NO_COLOR\n{plain}"
+    );
+    plain.assert_stdout_contains("  b.lua ... ok (1 test, ");
+}

@@ -212,3 +212,76 @@ fn panic_report(
         log_path: kept.then_some(log_path),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::RunDir;
+    use crate::schedule::pool::PoolMode;
+    use std::path::PathBuf;
+
+    fn context(parent: &std::path::Path) -> RunContext {
+        RunContext {
+            run_dir: RunDir::create(parent).unwrap(),
+            test_root: parent.to_path_buf(),
+            project_root: parent.to_path_buf(),
+            pool_mode: PoolMode::Auto,
+        }
+    }
+
+    #[test]
+    fn a_panic_fails_only_its_file_and_keeps_its_log() {
+        let parent = tempfile::tempdir().unwrap();
+        let ctx = context(parent.path());
+        let file = TestFile {
+            name: "x.lua".into(),
+            path: PathBuf::from("x.lua"),
+        };
+        std::fs::write(ctx.run_dir.log_path("x.lua"), "partial\n").unwrap();
+        let payload: Box<dyn Any + Send> = Box::new("boom");
+        let report = panic_report(&ctx, &file, Instant::now(), payload.as_ref());
+        assert_eq!(report.status, FileStatus::Failed);
+        assert_eq!(
+            report.file_error.as_deref(),
+            Some("internal error: provium panicked while running this file: boom")
+        );
+        let log = std::fs::read_to_string(report.log_path.unwrap()).unwrap();
+        assert!(
+            log.starts_with("partial\n") && log.contains("panicked"),
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn fail_fast_stops_launching_and_counts_the_rest() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("t");
+        std::fs::create_dir(&root).unwrap();
+        let mut files = Vec::new();
+        for (name, body) in [("a.lua", "error('no')"), ("b.lua", ""), ("c.lua", "")] {
+            std::fs::write(root.join(name), body).unwrap();
+            files.push(TestFile {
+                name: name.into(),
+                path: root.join(name),
+            });
+        }
+        let ctx = Arc::new(context(parent.path()));
+        let mut events = Vec::new();
+        let options = DispatchOptions {
+            jobs: Some(1),
+            fail_fast: true,
+        };
+        let summary = run(files, ctx, options, |e| events.push(e));
+        assert_eq!((summary.passed, summary.failed, summary.not_run), (0, 1, 2));
+        let started = events
+            .iter()
+            .filter(|e| matches!(e, Event::FileStarted { .. }))
+            .count();
+        assert_eq!(started, 1);
+        assert!(matches!(
+            events.first(),
+            Some(Event::RunStarted { total_files: 3, .. })
+        ));
+        assert!(matches!(events.last(), Some(Event::RunFinished(_))));
+    }
+}
