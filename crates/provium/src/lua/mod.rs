@@ -163,8 +163,12 @@ pub fn plain_errors(lua: &Lua, f: Function) -> mlua::Result<Function> {
 
 /// Creates the global `provium` table and runs every [`PROVIUM_MODULES`] installer.
 pub fn install_provium_table(lua: &Lua) -> mlua::Result<Table> {
+    install_modules(lua, PROVIUM_MODULES)
+}
+
+fn install_modules(lua: &Lua, modules: &[ModuleInstaller]) -> mlua::Result<Table> {
     let provium = lua.create_table()?;
-    for install in PROVIUM_MODULES {
+    for install in modules {
         install(lua, &provium)?;
     }
     lua.globals().set("provium", provium.clone())?;
@@ -262,6 +266,15 @@ struct Execution {
 /// Runs one test file to completion on the calling thread and reports its outcome.
 /// Its log is written as it goes and deleted when the file passes.
 pub fn run_file(run: Arc<RunContext>, file: &TestFile, index: usize) -> FileReport {
+    run_file_with(run, file, index, PROVIUM_MODULES)
+}
+
+fn run_file_with(
+    run: Arc<RunContext>,
+    file: &TestFile,
+    index: usize,
+    modules: &[ModuleInstaller],
+) -> FileReport {
     let started = Instant::now();
     let log_path = run.run_dir.log_path(&file.name);
     let (log, log_error) = match FileLog::create(log_path.clone()) {
@@ -281,7 +294,7 @@ pub fn run_file(run: Arc<RunContext>, file: &TestFile, index: usize) -> FileRepo
     // constructor allows. Nothing else shares this state.
     let lua = unsafe { Lua::unsafe_new() };
     lua.set_app_data(Rc::clone(&ctx));
-    let execution = execute(&lua, &run, file).unwrap_or_else(|e| Execution {
+    let execution = execute(&lua, &run, file, modules).unwrap_or_else(|e| Execution {
         outcome: framework::Outcome::default(),
         error: Some(FileError {
             shown: format!("internal error: {}", root_cause(&e)),
@@ -363,9 +376,14 @@ pub fn run_file(run: Arc<RunContext>, file: &TestFile, index: usize) -> FileRepo
     }
 }
 
-fn execute(lua: &Lua, run: &RunContext, file: &TestFile) -> mlua::Result<Execution> {
+fn execute(
+    lua: &Lua,
+    run: &RunContext,
+    file: &TestFile,
+    modules: &[ModuleInstaller],
+) -> mlua::Result<Execution> {
     let framework = Framework::install(lua)?;
-    install_provium_table(lua)?;
+    install_modules(lua, modules)?;
     extend_package_path(lua, &run.test_root)?;
 
     let plain = |message: String| FileError {
@@ -452,6 +470,95 @@ fn console_tail(console: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runs::RunDir;
+    use crate::schedule::pool::PoolMode;
+
+    /// Stands in for VM bindings: `provium.console(path)` registers a console and
+    /// `provium.on_end(path)` registers a hook that creates `path`.
+    fn fake_vm_module(lua: &Lua, provium: &Table) -> mlua::Result<()> {
+        provium.set(
+            "console",
+            lua.create_function(|lua, path: String| {
+                Ok(FileContext::of(lua)?.register_console(PathBuf::from(path)))
+            })?,
+        )?;
+        provium.set(
+            "on_end",
+            lua.create_function(|lua, path: String| {
+                FileContext::of(lua)?.on_file_end(move || {
+                    let _ = fs::write(&path, "hook ran");
+                });
+                Ok(())
+            })?,
+        )?;
+        Ok(())
+    }
+
+    fn run_script(dir: &Path, script: &str) -> (FileReport, RunContext) {
+        let path = dir.join("vm.lua");
+        fs::write(&path, script).unwrap();
+        let run = Arc::new(RunContext {
+            run_dir: RunDir::create(&dir.join("runs")).unwrap(),
+            test_root: dir.to_path_buf(),
+            project_root: dir.to_path_buf(),
+            pool_mode: PoolMode::Auto,
+        });
+        let file = TestFile {
+            name: "vm.lua".into(),
+            path,
+        };
+        let report = run_file_with(Arc::clone(&run), &file, 0, &[pack::install, fake_vm_module]);
+        (report, Arc::into_inner(run).unwrap())
+    }
+
+    #[test]
+    fn consoles_reach_the_report_and_the_log_and_hooks_run_on_raise() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("c1.txt");
+        let second = dir.path().join("c2.txt");
+        fs::write(&first, "first console\n").unwrap();
+        let lines: Vec<String> = (1..=30).map(|i| format!("line {i}\r")).collect();
+        fs::write(&second, lines.join("\n")).unwrap();
+        let hook_marker = dir.path().join("hook");
+        let script = format!(
+            "assert_eq(1, provium.console({first:?}))\n\
+             assert_eq(2, provium.console({second:?}))\n\
+             provium.on_end({hook:?})\n\
+             error('kernel panic')\n",
+            first = first.display().to_string(),
+            second = second.display().to_string(),
+            hook = hook_marker.display().to_string(),
+        );
+        let (report, _run) = run_script(dir.path(), &script);
+        assert_eq!(report.status, FileStatus::Failed);
+        assert_eq!(report.file_error.as_deref(), Some("kernel panic"));
+        let expected_tail: Vec<String> = (11..=30).map(|i| format!("line {i}")).collect();
+        assert_eq!(report.console_tail, Some(expected_tail));
+        assert!(hook_marker.is_file(), "cleanup hook did not run");
+        let log = fs::read_to_string(report.log_path.unwrap()).unwrap();
+        assert!(log.contains("--- console 1 ---\nfirst console\n"), "{log}");
+        assert!(log.contains("--- console 2 ---\nline 1\r\n"), "{log}");
+        assert!(log.contains("vm.lua:4: kernel panic"), "{log}");
+    }
+
+    #[test]
+    fn passing_files_with_consoles_show_no_tail_and_lose_their_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("c.txt");
+        fs::write(&console, "booted\n").unwrap();
+        let hook_marker = dir.path().join("hook");
+        let script = format!(
+            "provium.console({c:?})\nprovium.on_end({h:?})\ntest('fine', function() end)\n",
+            c = console.display().to_string(),
+            h = hook_marker.display().to_string(),
+        );
+        let (report, run) = run_script(dir.path(), &script);
+        assert_eq!(report.status, FileStatus::Passed);
+        assert_eq!(report.console_tail, None);
+        assert_eq!(report.log_path, None);
+        assert!(hook_marker.is_file());
+        assert!(!run.run_dir.log_path("vm.lua").exists());
+    }
 
     #[test]
     fn framework_frames_leave_the_traceback() {
