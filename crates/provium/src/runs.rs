@@ -1,1 +1,352 @@
 //! Run directories, per-file logs and the failed-file record for `--rerun-failed`.
+//!
+//! Layout under the runs parent (`/tmp/provium-runs`, or `$PROVIUM_RUNS_DIR`):
+//!
+//! ```text
+//! run-<id>/                 mode 0700, one per run; VM sockets live here too
+//!     <relative path>.log   one per test file, subdirectories mirrored
+//! last-<hash>.json          per test root: the most recent run and its failed files
+//! ```
+//!
+//! The per-root record lives beside the run directories rather than inside them so
+//! that a run in which everything passed can delete its (then empty) directory and
+//! still tell the next `--rerun-failed` that nothing failed.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::schedule::pool::PoolMode;
+
+/// Everything a run shares with every file it runs: read-only after the run starts,
+/// handed to each file's Lua state as an `Arc`.
+#[derive(Debug)]
+pub struct RunContext {
+    pub run_dir: RunDir,
+    /// Canonical directory of the test root (`require` searches it).
+    pub test_root: PathBuf,
+    /// Where relative paths from the configuration and `vm:boot{files=…}` resolve.
+    pub project_root: PathBuf,
+    /// How VM boots are gated (`--mem`/`--cpus` or auto).
+    pub pool_mode: PoolMode,
+}
+
+/// Where run directories go when `PROVIUM_RUNS_DIR` is not set.
+pub const DEFAULT_RUNS_PARENT: &str = "/tmp/provium-runs";
+/// Run ids are base-36; 8 digits keep socket paths short and collisions rare
+/// (and a collision only costs a retry: directory creation is exclusive).
+const RUN_ID_LEN: usize = 8;
+const CREATE_ATTEMPTS: usize = 32;
+
+#[derive(Debug, Error)]
+pub enum RunsError {
+    #[error("cannot create the runs directory {path}: {source}")]
+    CreateParent { path: PathBuf, source: io::Error },
+    #[error("cannot create a run directory under {parent}: {source}")]
+    CreateRun { parent: PathBuf, source: io::Error },
+    #[error("cannot create log {path}: {source}")]
+    CreateLog { path: PathBuf, source: io::Error },
+    #[error("cannot write the failure record {path}: {source}")]
+    WriteRecord { path: PathBuf, source: io::Error },
+    #[error("cannot read the failure record {path}: {reason}")]
+    ReadRecord { path: PathBuf, reason: String },
+}
+
+/// The parent of all run directories: `$PROVIUM_RUNS_DIR` or `/tmp/provium-runs`.
+pub fn runs_parent() -> PathBuf {
+    match std::env::var_os("PROVIUM_RUNS_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(DEFAULT_RUNS_PARENT),
+    }
+}
+
+/// This run's private directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    path: PathBuf,
+    id: String,
+}
+
+impl RunDir {
+    /// Creates `<parent>/run-<id>` with mode 0700, choosing an id no other run holds.
+    pub fn create(parent: &Path) -> Result<RunDir, RunsError> {
+        fs::create_dir_all(parent).map_err(|source| RunsError::CreateParent {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+        let mut last_error = None;
+        for _ in 0..CREATE_ATTEMPTS {
+            let id = new_run_id();
+            let path = parent.join(format!("run-{id}"));
+            // Exclusive creation is what makes concurrent runs safe: the loser of a
+            // race gets EEXIST and simply draws another id.
+            match DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(RunDir { path, id }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_error = Some(e),
+                Err(source) => {
+                    return Err(RunsError::CreateRun {
+                        parent: parent.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        }
+        Err(RunsError::CreateRun {
+            parent: parent.to_path_buf(),
+            source: last_error.unwrap_or_else(|| io::Error::other("no free run id")),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `<run dir>/<name>.log`, where `name` is the file's path relative to the root.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.log"))
+    }
+
+    /// Removes the run directory if nothing is left in it (every file passed and the
+    /// VM code cleaned up after itself); a directory with anything in it is kept.
+    pub fn remove_if_empty(&self) -> bool {
+        fs::remove_dir(&self.path).is_ok()
+    }
+}
+
+fn new_run_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let seed = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut value = fnv1a(&seed.to_le_bytes());
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    (0..RUN_ID_LEN)
+        .map(|_| {
+            let digit = DIGITS[(value % 36) as usize] as char;
+            value /= 36;
+            digit
+        })
+        .collect()
+}
+
+/// FNV-1a: stable across Rust releases, unlike `DefaultHasher`, which matters for a
+/// file name that must be found again by a later provium build.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// One test file's log, written while the file runs so it can be followed live.
+#[derive(Debug)]
+pub struct FileLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl FileLog {
+    /// Creates the log and any mirrored subdirectories under the run directory.
+    pub fn create(path: PathBuf) -> Result<FileLog, RunsError> {
+        let create = || -> io::Result<File> {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            OpenOptions::new().write(true).create_new(true).open(&path)
+        };
+        match create() {
+            Ok(file) => Ok(FileLog { path, file }),
+            Err(source) => Err(RunsError::CreateLog { path, source }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `text` as is; a log that cannot be written must not fail the test, so
+    /// write errors are ignored here (the file's own outcome is still reported).
+    pub fn write(&mut self, text: &str) {
+        let _ = self.file.write_all(text.as_bytes());
+    }
+
+    /// Deletes the log of a passing file, then any mirrored subdirectories it leaves
+    /// empty, up to (not including) `run_dir`.
+    pub fn delete(self, run_dir: &Path) {
+        let FileLog { path, file } = self;
+        drop(file);
+        let _ = fs::remove_file(&path);
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            if d == run_dir || !d.starts_with(run_dir) || fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+}
+
+/// What `--rerun-failed` reads: the most recent run of one test root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// Canonical path of the `<path>` argument (a directory or a single file).
+    pub root: PathBuf,
+    pub run_dir: PathBuf,
+    pub finished_unix_ms: u64,
+    /// Relative names of the files that failed, sorted.
+    pub failed: Vec<String>,
+}
+
+impl FailureRecord {
+    pub fn new(root: PathBuf, run_dir: PathBuf, mut failed: Vec<String>) -> Self {
+        failed.sort();
+        let finished_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        FailureRecord {
+            root,
+            run_dir,
+            finished_unix_ms,
+            failed,
+        }
+    }
+
+    fn record_path(parent: &Path, root: &Path) -> PathBuf {
+        let hash = fnv1a(root.as_os_str().as_encoded_bytes());
+        parent.join(format!("last-{hash:016x}.json"))
+    }
+
+    /// Replaces the root's record atomically (write then rename), so a concurrent
+    /// reader sees the old record or the new one, never half of one.
+    pub fn save(&self, parent: &Path) -> Result<(), RunsError> {
+        let path = Self::record_path(parent, &self.root);
+        let tmp = parent.join(format!(".last-{}-{}.tmp", std::process::id(), new_run_id()));
+        let json = serde_json::to_vec_pretty(self).map_err(|e| RunsError::WriteRecord {
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        let write = || -> io::Result<()> {
+            fs::write(&tmp, &json)?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            RunsError::WriteRecord {
+                path: path.clone(),
+                source,
+            }
+        })
+    }
+
+    /// The record of the most recent run of `root`, if any run of it finished.
+    pub fn load(parent: &Path, root: &Path) -> Result<Option<FailureRecord>, RunsError> {
+        let path = Self::record_path(parent, root);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(RunsError::ReadRecord {
+                    path,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let record: FailureRecord =
+            serde_json::from_slice(&bytes).map_err(|e| RunsError::ReadRecord {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        // A hash collision between two roots must not hand one root the other's list.
+        Ok((record.root == root).then_some(record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn run_dirs_are_private_and_unique() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut seen = HashSet::new();
+        for _ in 0..50 {
+            let run = RunDir::create(parent.path()).unwrap();
+            let mode = fs::metadata(run.path()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+            assert_eq!(run.id().len(), RUN_ID_LEN);
+            assert!(
+                seen.insert(run.id().to_string()),
+                "duplicate id {}",
+                run.id()
+            );
+        }
+    }
+
+    #[test]
+    fn concurrent_creation_never_shares_a_directory() {
+        let parent = tempfile::tempdir().unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let parent = parent.path().to_path_buf();
+                std::thread::spawn(move || {
+                    (0..20)
+                        .map(|_| RunDir::create(&parent).unwrap().path().to_path_buf())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<PathBuf> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let unique: HashSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), all.len());
+    }
+
+    #[test]
+    fn passing_log_deletion_removes_mirrored_dirs() {
+        let parent = tempfile::tempdir().unwrap();
+        let run = RunDir::create(parent.path()).unwrap();
+        let mut log = FileLog::create(run.log_path("a/b/c.lua")).unwrap();
+        log.write("hello\n");
+        assert!(run.path().join("a/b/c.lua.log").is_file());
+        log.delete(run.path());
+        assert!(!run.path().join("a").exists());
+        assert!(run.remove_if_empty());
+    }
+
+    #[test]
+    fn records_are_per_root() {
+        let parent = tempfile::tempdir().unwrap();
+        let one = PathBuf::from("/tests/one");
+        let two = PathBuf::from("/tests/two");
+        assert_eq!(FailureRecord::load(parent.path(), &one).unwrap(), None);
+        let record = FailureRecord::new(
+            one.clone(),
+            "/r".into(),
+            vec!["b.lua".into(), "a.lua".into()],
+        );
+        record.save(parent.path()).unwrap();
+        let loaded = FailureRecord::load(parent.path(), &one).unwrap().unwrap();
+        assert_eq!(loaded.failed, vec!["a.lua", "b.lua"]);
+        assert_eq!(FailureRecord::load(parent.path(), &two).unwrap(), None);
+    }
+}

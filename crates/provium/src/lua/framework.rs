@@ -1,1 +1,490 @@
-//! Globals: `test`, `todo`, `assert`, `assert_eq`, `assert_contains`.
+//! Globals: `test`, `todo`, `assert`, `assert_eq`, `assert_contains` (and `print` and
+//! `os.exit`, rebound so one file cannot garble the report or end the whole run).
+//!
+//! The globals themselves are a small Lua prelude (`prelude.lua`) that raises with
+//! `error(msg, 2)`; the Rust hooks here keep the sub-test record and format messages.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use mlua::{Function, Lua, MultiValue, Table, Value};
+
+use super::{clean_traceback, error_message, strip_location, FileContext};
+use crate::report::{SubtestReport, SubtestStatus};
+
+const PRELUDE: &str = include_str!("prelude.lua");
+/// Haystacks longer than this are shortened in `assert_contains` messages.
+const HAYSTACK_SHOWN: usize = 100;
+/// Binary strings longer than this are shown as a window of hex.
+const HEX_SHOWN: usize = 64;
+
+/// The sub-test record of one file, filled while its script runs.
+#[derive(Debug, Default)]
+struct State {
+    subtests: Vec<SubtestReport>,
+    current: Option<(String, Instant)>,
+    subtest_todo: Option<Option<String>>,
+    file_todo: Option<Option<String>>,
+    exit_code: Option<i64>,
+}
+
+/// What the framework recorded once the file's script returned or raised.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub subtests: Vec<SubtestReport>,
+    /// `Some(reason)` when `todo()` was called outside any `test()`.
+    pub file_todo: Option<Option<String>>,
+    /// The code passed to `os.exit`, normalised to an integer (0 = success).
+    pub exit_code: Option<i64>,
+}
+
+/// The installed framework of one Lua state.
+pub struct Framework {
+    state: Rc<RefCell<State>>,
+    protected: Function,
+}
+
+impl Framework {
+    /// Installs the globals into `lua`; the file's [`FileContext`] must already be set
+    /// as app data (sub-test results are logged through it).
+    pub fn install(lua: &Lua) -> mlua::Result<Framework> {
+        let state = Rc::new(RefCell::new(State::default()));
+        let globals = lua.globals();
+        // Captured before user code runs, so a test redefining `tostring` cannot
+        // change how failures are rendered.
+        let tostring: Function = globals.get("tostring")?;
+        let hooks = lua.create_table()?;
+        register_test_hooks(lua, &hooks, &state)?;
+        register_assert_hooks(lua, &hooks, &tostring)?;
+        {
+            let tostring = tostring.clone();
+            hooks.set(
+                "print",
+                lua.create_function(move |lua, args: MultiValue| {
+                    let parts = args
+                        .into_iter()
+                        .map(|v| lua_tostring(&tostring, v))
+                        .collect::<mlua::Result<Vec<_>>>()?;
+                    let line = format!("{}\n", parts.join("\t"));
+                    log(lua, &line);
+                    Ok(())
+                })?,
+            )?;
+        }
+        let protected: Function = lua.load(PRELUDE).set_name("=provium prelude").call(hooks)?;
+        Ok(Framework { state, protected })
+    }
+
+    /// Runs `f` (the file's main chunk) with the framework's error handler: returns
+    /// whether it completed, the raised value and a traceback from where it was raised.
+    pub fn run_protected(&self, f: Function) -> mlua::Result<(bool, Value, Option<String>)> {
+        self.protected.call(f)
+    }
+
+    pub fn finish(self) -> Outcome {
+        let mut state = self.state.borrow_mut();
+        Outcome {
+            subtests: std::mem::take(&mut state.subtests),
+            file_todo: state.file_todo.take(),
+            exit_code: state.exit_code,
+        }
+    }
+}
+
+fn lua_tostring(tostring: &Function, value: Value) -> mlua::Result<String> {
+    match value {
+        Value::String(s) => Ok(s.to_string_lossy()),
+        other => tostring
+            .call::<mlua::String>(other)
+            .map(|s| s.to_string_lossy()),
+    }
+}
+
+fn optional_reason(lua: &Lua, value: Value) -> mlua::Result<Option<String>> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::String(s) => Ok(Some(s.to_string_lossy())),
+        other => {
+            let tostring: Function = lua.globals().get("tostring")?;
+            lua_tostring(&tostring, other).map(Some)
+        }
+    }
+}
+
+fn log(lua: &Lua, text: &str) {
+    // Outside a test file (unit tests of the framework) there is no log to write.
+    if let Ok(ctx) = FileContext::of(lua) {
+        ctx.log(text);
+    }
+}
+
+fn register_test_hooks(lua: &Lua, hooks: &Table, state: &Rc<RefCell<State>>) -> mlua::Result<()> {
+    let st = state.clone();
+    hooks.set(
+        "begin_test",
+        lua.create_function(move |_, (name, body): (Value, Value)| {
+            let mut state = st.borrow_mut();
+            let name = match name {
+                Value::String(s) => s.to_string_lossy(),
+                Value::Integer(_) | Value::Number(_) => name.to_string()?,
+                other => {
+                    return Ok(Some(format!(
+                        "test(name, fn): name must be a string, got {}",
+                        other.type_name()
+                    )))
+                }
+            };
+            if !matches!(body, Value::Function(_)) {
+                return Ok(Some(format!(
+                    "test(\"{name}\", fn): fn must be a function, got {}",
+                    body.type_name()
+                )));
+            }
+            if let Some((outer, _)) = &state.current {
+                return Ok(Some(format!(
+                    "test(\"{name}\") inside test(\"{outer}\"): sub-tests cannot be nested"
+                )));
+            }
+            state.current = Some((name, Instant::now()));
+            state.subtest_todo = None;
+            Ok(None)
+        })?,
+    )?;
+
+    let st = state.clone();
+    hooks.set(
+        "end_test",
+        lua.create_function(
+            move |lua, (ok, raised, trace): (bool, Value, Option<String>)| {
+                let mut state = st.borrow_mut();
+                let Some((name, started)) = state.current.take() else {
+                    return Ok(false);
+                };
+                let elapsed = started.elapsed().as_secs_f64();
+                let stopping_file = state.exit_code.is_some();
+                let (status, detail) = if let Some(reason) = state.subtest_todo.take() {
+                    (SubtestStatus::Todo { reason }, None)
+                } else if ok || stopping_file {
+                    (SubtestStatus::Passed, None)
+                } else {
+                    let full = error_message(&raised);
+                    let message = strip_location(&full).to_string();
+                    (SubtestStatus::Failed { message }, Some((full, trace)))
+                };
+                let word = match &status {
+                    SubtestStatus::Passed => "ok".to_string(),
+                    SubtestStatus::Failed { .. } => "FAIL".to_string(),
+                    SubtestStatus::Todo { reason: None } => "todo".to_string(),
+                    SubtestStatus::Todo {
+                        reason: Some(reason),
+                    } => format!("todo: {reason}"),
+                };
+                let mut entry = format!("test \"{name}\" ... {word} ({elapsed:.3}s)\n");
+                if let Some((full, trace)) = detail {
+                    let trace = trace.map(|t| clean_traceback(&t)).unwrap_or_default();
+                    for line in full.lines().chain(trace.lines()) {
+                        entry.push_str(&format!("    {line}\n"));
+                    }
+                }
+                log(lua, &entry);
+                state.subtests.push(SubtestReport { name, status });
+                Ok(stopping_file)
+            },
+        )?,
+    )?;
+
+    let st = state.clone();
+    hooks.set(
+        "request_todo",
+        lua.create_function(move |lua, reason: Value| {
+            let reason = optional_reason(lua, reason)?;
+            let mut state = st.borrow_mut();
+            if state.current.is_some() {
+                state.subtest_todo = Some(reason);
+            } else {
+                state.file_todo = Some(reason);
+            }
+            Ok(())
+        })?,
+    )?;
+
+    let st = state.clone();
+    hooks.set(
+        "request_exit",
+        lua.create_function(move |_, code: Value| {
+            // Lua's os.exit: true or nothing is success, false is failure.
+            let code = match code {
+                Value::Nil | Value::Boolean(true) => 0,
+                Value::Boolean(false) => 1,
+                Value::Integer(n) => n,
+                Value::Number(n) => n as i64,
+                _ => 1,
+            };
+            st.borrow_mut().exit_code = Some(code);
+            Ok(())
+        })?,
+    )?;
+    Ok(())
+}
+
+fn register_assert_hooks(lua: &Lua, hooks: &Table, tostring: &Function) -> mlua::Result<()> {
+    let ts = tostring.clone();
+    hooks.set(
+        "eq_message",
+        lua.create_function(move |_, (expected, actual, msg): (Value, Value, Value)| {
+            let (expected_shown, actual_shown) = render_pair(&ts, &expected, &actual)?;
+            Ok(format!(
+                "{}expected {expected_shown}, got {actual_shown}",
+                message_prefix(&ts, msg)?
+            ))
+        })?,
+    )?;
+    let ts = tostring.clone();
+    hooks.set(
+        "contains_failure",
+        lua.create_function(move |_, (haystack, needle, msg): (Value, Value, Value)| {
+            let prefix = message_prefix(&ts, msg)?;
+            let Some(hay) = text_of(&ts, &haystack)? else {
+                return Ok(Some(format!(
+                    "{prefix}assert_contains: haystack must be a string, got {}",
+                    haystack.type_name()
+                )));
+            };
+            let Some(needle) = text_of(&ts, &needle)? else {
+                return Ok(Some(format!(
+                    "{prefix}assert_contains: needle must be a string, got {}",
+                    needle.type_name()
+                )));
+            };
+            if contains(&hay, &needle) {
+                return Ok(None);
+            }
+            Ok(Some(format!(
+                "{prefix}expected {} to contain {}",
+                shorten_haystack(&hay),
+                quote(&needle)
+            )))
+        })?,
+    )?;
+    Ok(())
+}
+
+fn message_prefix(tostring: &Function, msg: Value) -> mlua::Result<String> {
+    match msg {
+        Value::Nil => Ok(String::new()),
+        other => Ok(format!("{}: ", lua_tostring(tostring, other)?)),
+    }
+}
+
+/// The bytes of a string, or of a value with `__tostring` (the exec output wrappers).
+fn text_of(tostring: &Function, value: &Value) -> mlua::Result<Option<Vec<u8>>> {
+    match value {
+        Value::String(s) => Ok(Some(s.as_bytes().to_vec())),
+        Value::Table(_) | Value::UserData(_) => {
+            let has_tostring = match value {
+                Value::Table(t) => t
+                    .metatable()
+                    .is_some_and(|m| m.contains_key("__tostring").unwrap_or(false)),
+                Value::UserData(u) => u
+                    .metatable()
+                    .is_ok_and(|m| m.contains("__tostring").unwrap_or(false)),
+                _ => false,
+            };
+            if !has_tostring {
+                return Ok(None);
+            }
+            let s: mlua::String = tostring.call(value.clone())?;
+            Ok(Some(s.as_bytes().to_vec()))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// How a string is best shown in a failure message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum StrKind {
+    /// Printable text: shown raw, as `print` would.
+    Plain,
+    /// Text with newlines or tabs: shown quoted with escapes so whitespace is visible.
+    Text,
+    /// Anything else (NULs, control bytes, invalid UTF-8): quoted hex bytes.
+    Binary,
+}
+
+fn classify(bytes: &[u8]) -> StrKind {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return StrKind::Binary;
+    };
+    let mut kind = StrKind::Plain;
+    for c in text.chars() {
+        if matches!(c, '\n' | '\t' | '\r') {
+            kind = StrKind::Text;
+        } else if c.is_control() {
+            return StrKind::Binary;
+        }
+    }
+    kind
+}
+
+/// `"a\tb\n"`: escapes for whitespace, quotes and backslashes.
+fn quote(bytes: &[u8]) -> String {
+    if classify(bytes) == StrKind::Binary {
+        return hex(bytes);
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `"01 00 00 00"`; long strings show their first bytes and their length.
+fn hex(bytes: &[u8]) -> String {
+    let shown: Vec<String> = bytes
+        .iter()
+        .take(HEX_SHOWN)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if bytes.len() > HEX_SHOWN {
+        format!("\"{} …\" ({} bytes)", shown.join(" "), bytes.len())
+    } else {
+        format!("\"{}\"", shown.join(" "))
+    }
+}
+
+fn shorten_haystack(bytes: &[u8]) -> String {
+    if classify(bytes) == StrKind::Binary || bytes.len() <= HAYSTACK_SHOWN {
+        return quote(bytes);
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let head: String = text.chars().take(HAYSTACK_SHOWN).collect();
+    let quoted = quote(head.as_bytes());
+    format!("{}…\" ({} bytes)", &quoted[..quoted.len() - 1], bytes.len())
+}
+
+/// Renders the two sides of a failed `assert_eq`. Strings are shown as `print` would
+/// unless either side needs escaping, in which case both sides use the same (quoted
+/// or hex) form so they can be compared by eye; values of different types that print
+/// the same are annotated with their types.
+fn render_pair(
+    tostring: &Function,
+    expected: &Value,
+    actual: &Value,
+) -> mlua::Result<(String, String)> {
+    if let (Value::String(e), Value::String(a)) = (expected, actual) {
+        let (e, a) = (e.as_bytes(), a.as_bytes());
+        let kind = classify(&e).max(classify(&a));
+        return Ok(match kind {
+            StrKind::Plain => (
+                String::from_utf8_lossy(&e).into_owned(),
+                String::from_utf8_lossy(&a).into_owned(),
+            ),
+            StrKind::Text => (quote(&e), quote(&a)),
+            StrKind::Binary => (hex(&e), hex(&a)),
+        });
+    }
+    let render = |v: &Value| -> mlua::Result<String> {
+        match v {
+            Value::String(s) => {
+                let bytes = s.as_bytes();
+                Ok(match classify(&bytes) {
+                    StrKind::Plain => String::from_utf8_lossy(&bytes).into_owned(),
+                    StrKind::Text => quote(&bytes),
+                    StrKind::Binary => hex(&bytes),
+                })
+            }
+            other => lua_tostring(tostring, other.clone()),
+        }
+    };
+    let (e, a) = (render(expected)?, render(actual)?);
+    if e == a {
+        return Ok((
+            format!("{e} ({})", lua_type(expected)),
+            format!("{a} ({})", lua_type(actual)),
+        ));
+    }
+    Ok((e, a))
+}
+
+/// The name Lua's `type()` gives (mlua distinguishes integers; Lua does not).
+fn lua_type(value: &Value) -> &'static str {
+    match value {
+        Value::Integer(_) | Value::Number(_) => "number",
+        other => other.type_name(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(b"hello world"), StrKind::Plain);
+        assert_eq!(classify("héllo".as_bytes()), StrKind::Plain);
+        assert_eq!(classify(b"ok\n"), StrKind::Text);
+        assert_eq!(classify(b"a\0b"), StrKind::Binary);
+        assert_eq!(classify(&[0xff, 0xfe]), StrKind::Binary);
+        assert_eq!(classify(b"\x1b[31m"), StrKind::Binary);
+    }
+
+    #[test]
+    fn quoting_and_hex() {
+        assert_eq!(quote(b"a\"b\\c\n"), r#""a\"b\\c\n""#);
+        assert_eq!(hex(&[1, 0, 0xff]), "\"01 00 ff\"");
+        let long = vec![7u8; 100];
+        let shown = hex(&long);
+        assert!(shown.ends_with("07 …\" (100 bytes)"), "{shown}");
+    }
+
+    #[test]
+    fn long_haystacks_are_shortened() {
+        let hay = "x".repeat(1000);
+        let shown = shorten_haystack(hay.as_bytes());
+        assert_eq!(
+            shown,
+            format!("\"{}…\" (1000 bytes)", "x".repeat(HAYSTACK_SHOWN))
+        );
+        assert_eq!(shorten_haystack(b"short"), "\"short\"");
+    }
+
+    #[test]
+    fn pairs_render_in_a_shared_form() {
+        let lua = Lua::new();
+        let tostring: Function = lua.globals().get("tostring").unwrap();
+        let s = |b: &[u8]| Value::String(lua.create_string(b).unwrap());
+        let pair = |a: Value, b: Value| render_pair(&tostring, &a, &b).unwrap();
+        assert_eq!(pair(s(b"abc"), s(b"abd")), ("abc".into(), "abd".into()));
+        assert_eq!(
+            pair(s(b"ok"), s(b"ok\n")),
+            ("\"ok\"".into(), "\"ok\\n\"".into())
+        );
+        assert_eq!(
+            pair(s(b"A"), s(b"A\0")),
+            ("\"41\"".into(), "\"41 00\"".into())
+        );
+        assert_eq!(
+            pair(Value::Integer(1), s(b"1")),
+            ("1 (number)".into(), "1 (string)".into())
+        );
+        assert_eq!(
+            pair(Value::Number(1.5), Value::Nil),
+            ("1.5".into(), "nil".into())
+        );
+    }
+}
