@@ -8,11 +8,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
+use crate::config;
 use crate::discover::{self, TestFile};
 use crate::report::{Reporter, Style};
 use crate::runs::{self, FailureRecord, RunContext, RunDir};
 use crate::schedule::dispatch::{self, DispatchOptions};
-use crate::schedule::pool::{parse_size_mib, PoolMode};
+use crate::schedule::pool::{parse_size_mib, Pool, PoolMode};
 
 /// How the process ends. Several outcomes share a code (SPEC §1 has only 0 and 1),
 /// but they stay distinct up to here so "the run broke" is never mistaken for
@@ -201,6 +202,8 @@ fn clap_exit(error: clap::Error) -> Exit {
 }
 
 fn test(args: TestArgs) -> anyhow::Result<Exit> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let config = config::load(&cwd)?;
     let found = discover::discover(&args.path)?;
     let runs_parent = runs::runs_parent();
 
@@ -248,12 +251,12 @@ fn test(args: TestArgs) -> anyhow::Result<Exit> {
     }
 
     let run_dir = RunDir::create(&runs_parent)?;
-    let project_root = std::env::current_dir().context("cannot read the current directory")?;
     let ctx = Arc::new(RunContext {
         run_dir: run_dir.clone(),
         test_root: found.root_dir,
-        project_root,
-        pool_mode: args.pool_mode(),
+        project_root: config.root.clone(),
+        config,
+        pool: Pool::new(args.pool_mode()),
     });
 
     dispatch::install_signal_handlers();

@@ -124,11 +124,7 @@ pub fn load(start_dir: &Path) -> Result<Config, ConfigError> {
     let start = std::path::absolute(start_dir).unwrap_or_else(|_| start_dir.to_path_buf());
     match find(&start) {
         Some(path) => load_file(&path),
-        None => Ok(Config {
-            path: None,
-            root: start,
-            profiles: BTreeMap::new(),
-        }),
+        None => Ok(Config::empty(start)),
     }
 }
 
@@ -281,6 +277,15 @@ fn check_file(file: &Path) -> Result<(), String> {
 }
 
 impl Config {
+    /// A configuration with no profiles whose project root is `root`.
+    pub fn empty(root: impl Into<PathBuf>) -> Config {
+        Config {
+            path: None,
+            root: root.into(),
+            profiles: BTreeMap::new(),
+        }
+    }
+
     /// The profile defined in the file under `name`, if any.
     pub fn get(&self, name: &str) -> Option<&Profile> {
         self.profiles.get(name)

@@ -22,7 +22,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::schedule::pool::PoolMode;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::schedule::pool::Pool;
 
 /// Everything a run shares with every file it runs: read-only after the run starts,
 /// handed to each file's Lua state as an `Arc`.
@@ -33,8 +36,10 @@ pub struct RunContext {
     pub test_root: PathBuf,
     /// Where relative paths from the configuration and `vm:boot{files=…}` resolve.
     pub project_root: PathBuf,
-    /// How VM boots are gated (`--mem`/`--cpus` or auto).
-    pub pool_mode: PoolMode,
+    /// The profiles from `provium.toml` (none when there is no such file).
+    pub config: Config,
+    /// Gates VM boots (`--mem`/`--cpus` or auto); each file holds a slot in it.
+    pub pool: Arc<Pool>,
 }
 
 /// Where run directories go when `PROVIUM_RUNS_DIR` is not set.

@@ -706,3 +706,27 @@ fn terminal_gets_colours_and_status_unless_no_color() {
     );
     plain.assert_stdout_contains("  b.lua ... ok (1 test, ");
 }
+
+#[test]
+fn a_broken_provium_toml_stops_the_run_naming_profile_key_and_path() {
+    let sb = Sandbox::new();
+    sb.tree("t", &[("a.lua", "")]);
+    sb.write(
+        "provium.toml",
+        "[profile.minimal]\nkernel = \"missing/bzImage\"\n",
+    );
+    let run = sb.provium(&["test", "t"]);
+    run.expect_code(1);
+    run.assert_stderr_contains("profile 'minimal'");
+    run.assert_stderr_contains("kernel");
+    run.assert_stderr_contains("missing/bzImage");
+    assert_eq!(run.stdout, "", "{run}");
+
+    sb.write(
+        "provium.toml",
+        "[profile.minimal]\nkernel = \"a\"\nkernal = \"b\"\n",
+    );
+    let run = sb.provium(&["test", "t"]);
+    run.expect_code(1);
+    run.assert_stderr_contains("kernal");
+}

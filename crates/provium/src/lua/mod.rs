@@ -8,6 +8,7 @@
 pub mod framework;
 pub mod pack;
 
+use crate::schedule::pool::FileSlot;
 use std::cell::RefCell;
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -48,18 +49,22 @@ pub struct FileContext {
     log: RefCell<Option<FileLog>>,
     consoles: RefCell<Vec<PathBuf>>,
     cleanup: RefCell<Vec<CleanupHook>>,
+    /// This file's place in the resource pool; VM boots acquire through it, and
+    /// dropping it (file end) returns whatever the file still holds.
+    pool_slot: FileSlot,
 }
 
 impl FileContext {
     fn new(run: Arc<RunContext>, file: &TestFile, index: usize, log: Option<FileLog>) -> Self {
         FileContext {
-            run,
+            run: Arc::clone(&run),
             name: file.name.clone(),
             path: file.path.clone(),
             index,
             log: RefCell::new(log),
             consoles: RefCell::new(Vec::new()),
             cleanup: RefCell::new(Vec::new()),
+            pool_slot: run.pool.enter_file(file.name.clone()),
         }
     }
 
@@ -72,6 +77,10 @@ impl FileContext {
                     "provium: this Lua state is not running a test file".to_string(),
                 )
             })
+    }
+
+    pub fn pool_slot(&self) -> &FileSlot {
+        &self.pool_slot
     }
 
     pub fn run(&self) -> &Arc<RunContext> {
@@ -500,8 +509,9 @@ mod tests {
         let run = Arc::new(RunContext {
             run_dir: RunDir::create(&dir.join("runs")).unwrap(),
             test_root: dir.to_path_buf(),
+            config: crate::config::Config::empty(dir),
             project_root: dir.to_path_buf(),
-            pool_mode: PoolMode::Auto,
+            pool: crate::schedule::pool::Pool::new(PoolMode::Auto),
         });
         let file = TestFile {
             name: "vm.lua".into(),

@@ -81,7 +81,7 @@ pub fn run(
     let limit = options.jobs.unwrap_or(usize::MAX).max(1);
     emit(Event::RunStarted {
         total_files: total,
-        pool: ctx.pool_mode,
+        pool: ctx.pool.mode(),
     });
 
     let (sender, receiver) = mpsc::channel::<FileReport>();
@@ -224,8 +224,9 @@ mod tests {
         RunContext {
             run_dir: RunDir::create(parent).unwrap(),
             test_root: parent.to_path_buf(),
+            config: crate::config::Config::empty(parent),
             project_root: parent.to_path_buf(),
-            pool_mode: PoolMode::Auto,
+            pool: crate::schedule::pool::Pool::new(PoolMode::Auto),
         }
     }
 
