@@ -8,12 +8,18 @@ static CHILDREN: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
 /// Records a child process group leader; `kill_all` will SIGKILL its group.
 pub fn register(pid: i32) {
-    CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pid);
 }
 
 /// Forgets a child that has been reaped.
 pub fn unregister(pid: i32) {
-    CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&pid);
 }
 
 /// SIGKILLs every registered child's process group. Safe to call more than once.
