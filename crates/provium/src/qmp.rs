@@ -101,7 +101,11 @@ impl Qmp {
         if greeting.get("QMP").is_none() {
             return Err(qmp.protocol(&greeting));
         }
-        qmp.execute("qmp_capabilities", None, timeout.saturating_sub(start.elapsed()))?;
+        qmp.execute(
+            "qmp_capabilities",
+            None,
+            timeout.saturating_sub(start.elapsed()),
+        )?;
         Ok(qmp)
     }
 
@@ -306,7 +310,10 @@ mod tests {
             .execute("bogus", Some(json!({"x": 1})), Duration::from_secs(5))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("'bogus' failed: GenericError: no such thing"), "{err}");
+        assert!(
+            err.contains("'bogus' failed: GenericError: no such thing"),
+            "{err}"
+        );
         let stop = qmp.wait_event("STOP", Duration::from_secs(1)).unwrap();
         assert_eq!(stop["event"], "STOP");
         let received = server.join().unwrap();

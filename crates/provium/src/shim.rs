@@ -102,9 +102,7 @@ impl<W: Write> CpioWriter<W> {
         let ino = if name == TRAILER { 0 } else { self.next_ino };
         self.next_ino += 1;
         let namesize = name.len() as u32 + 1;
-        let fields = [
-            ino, mode, 0, 0, nlink, 0, size, 0, 0, 0, 0, namesize, 0,
-        ];
+        let fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, 0, 0, namesize, 0];
         let mut header = Vec::with_capacity(110 + name.len() + 4);
         header.extend_from_slice(NEWC_MAGIC);
         for field in fields {
@@ -438,9 +436,15 @@ pub(crate) mod tests {
     fn initrd_validation_accepts_known_magics_and_names_profile() {
         assert_eq!(detect_format(b"070701000"), Some(InitrdFormat::Cpio));
         assert_eq!(detect_format(&[0x1f, 0x8b, 8]), Some(InitrdFormat::Gzip));
-        assert_eq!(detect_format(&[0x28, 0xb5, 0x2f, 0xfd]), Some(InitrdFormat::Zstd));
+        assert_eq!(
+            detect_format(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Some(InitrdFormat::Zstd)
+        );
         assert_eq!(detect_format(b"\xfd7zXZ\x00"), Some(InitrdFormat::Xz));
-        assert_eq!(detect_format(&[0x02, 0x21, 0x4c, 0x18]), Some(InitrdFormat::Lz4));
+        assert_eq!(
+            detect_format(&[0x02, 0x21, 0x4c, 0x18]),
+            Some(InitrdFormat::Lz4)
+        );
         let dir = tempfile::tempdir().unwrap();
         let bogus = dir.path().join("rootfs.img");
         fs::write(&bogus, b"not an archive").unwrap();

@@ -169,7 +169,14 @@ fn busybox_initramfs(busybox: &Path, cache: &Path) -> Result<PathBuf, DefaultPro
         reason: format!("cannot stat it: {e}"),
     })?;
     let mut hasher = DefaultHasher::new();
-    (LAYOUT_VERSION, busybox, meta.len(), meta.mtime(), meta.mtime_nsec()).hash(&mut hasher);
+    (
+        LAYOUT_VERSION,
+        busybox,
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    )
+        .hash(&mut hasher);
     let target = cache.join(format!("default-initramfs-{:016x}.cpio", hasher.finish()));
     if target.is_file() {
         return Ok(target);
@@ -211,7 +218,10 @@ fn build_busybox_archive(busybox: &Path) -> Result<Vec<u8>, DefaultProfileError>
         .output()
         .map_err(|e| applets_err(e.to_string()))?;
     if !output.status.success() {
-        return Err(applets_err(format!("busybox --list exited with {}", output.status)));
+        return Err(applets_err(format!(
+            "busybox --list exited with {}",
+            output.status
+        )));
     }
     let applets = String::from_utf8_lossy(&output.stdout).into_owned();
     let image = fs::read(busybox).map_err(|e| applets_err(e.to_string()))?;

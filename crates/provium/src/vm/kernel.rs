@@ -64,9 +64,11 @@ pub fn kernel_version(path: &Path) -> Result<String, KernelError> {
         return Err(not_bz("kernel_version pointer is 0".to_string()));
     }
     let start = pointer as usize + 0x200;
-    let tail = head
-        .get(start..)
-        .ok_or_else(|| not_bz(format!("kernel_version pointer {pointer:#x} past the setup code")))?;
+    let tail = head.get(start..).ok_or_else(|| {
+        not_bz(format!(
+            "kernel_version pointer {pointer:#x} past the setup code"
+        ))
+    })?;
     let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
     let text = String::from_utf8_lossy(&tail[..end]);
     let release = text.split_whitespace().next().unwrap_or("");
@@ -200,7 +202,15 @@ pub fn resolve_modules(modules_dir: &Path, wanted: &[&str]) -> Result<ModulePlan
             plan.missing.push(name);
             continue;
         }
-        place(&name, &deps, &builtin, modules_dir, &mut placed, &mut plan, 0);
+        place(
+            &name,
+            &deps,
+            &builtin,
+            modules_dir,
+            &mut placed,
+            &mut plan,
+            0,
+        );
     }
     Ok(plan)
 }
@@ -308,8 +318,8 @@ mod tests {
 
     #[test]
     fn missing_modules_directory_gives_an_empty_plan() {
-        let plan = resolve_modules(Path::new("/nonexistent/provium/modules"), AGENT_MODULES)
-            .unwrap();
+        let plan =
+            resolve_modules(Path::new("/nonexistent/provium/modules"), AGENT_MODULES).unwrap();
         assert!(plan.modules.is_empty());
     }
 

@@ -229,8 +229,13 @@ impl Qemu {
         // and allocates nothing.
         unsafe {
             command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0)
-                    != 0
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }
@@ -491,13 +496,19 @@ fn qemu_args(spec: &LaunchSpec, agent: &Path, uart: &Path, qmp: &Path) -> Vec<St
         "chardev:console".into(),
         // ttyS1: the agent's fallback channel when the guest has no virtio console.
         "-chardev".into(),
-        format!("socket,id=uart1,path={},server=on,wait=off", opt_escape(uart)),
+        format!(
+            "socket,id=uart1,path={},server=on,wait=off",
+            opt_escape(uart)
+        ),
         "-serial".into(),
         "chardev:uart1".into(),
         "-device".into(),
         "virtio-serial-pci,id=vser0".into(),
         "-chardev".into(),
-        format!("socket,id=agent,path={},server=on,wait=off", opt_escape(agent)),
+        format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            opt_escape(agent)
+        ),
         "-device".into(),
         format!("virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT_NAME}"),
         "-qmp".into(),
@@ -551,9 +562,14 @@ fn read_console(mut stdout: impl Read, log: File, state: &ConsoleState) {
 fn note_line(line: &[u8], state: &ConsoleState) {
     let text = String::from_utf8_lossy(line);
     if let Some(at) = text.find(PANIC_MARKER) {
+        let seen = text[at..].trim().to_string();
         let mut panic = state.panic.lock().unwrap_or_else(|e| e.into_inner());
-        if panic.is_none() {
-            *panic = Some(text[at..].trim().to_string());
+        // A line seen half-printed is completed by the next read; later panics
+        // (in the panic handler itself) do not replace the first.
+        match panic.as_ref() {
+            None => *panic = Some(seen),
+            Some(first) if seen.starts_with(first.as_str()) => *panic = Some(seen),
+            Some(_) => {}
         }
     }
 }
@@ -578,14 +594,28 @@ pub fn console_tail(path: &Path, lines: usize) -> String {
 mod tests {
     use super::*;
 
+    /// A reader returning at most 7 bytes per call, like a pipe under load.
+    struct SmallReads<R>(R);
+
+    impl<R: Read> Read for SmallReads<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let len = buf.len().min(7);
+            self.0.read(&mut buf[..len])
+        }
+    }
+
     #[test]
     fn console_reader_strips_cr_and_spots_panics() {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("console.log");
         let log = File::create(&log_path).unwrap();
         let state = ConsoleState::default();
-        let input: &[u8] = b"[ 1.0] booting\r\n[ 2.0] Kernel panic - not syncing: sysrq triggered crash\r\n";
-        read_console(input, log, &state);
+        // Delivered in pieces, the panic line splits mid-message.
+        let input = io::Read::chain(
+            &b"[ 1.0] booting\r\n[ 2.0] Kernel panic - not syncing:"[..],
+            &b" sysrq triggered crash\r\n"[..],
+        );
+        read_console(SmallReads(input), log, &state);
         assert!(state.closed.load(Ordering::Acquire));
         assert_eq!(
             fs::read_to_string(&log_path).unwrap(),
@@ -596,7 +626,10 @@ mod tests {
             reason,
             "the kernel panicked: Kernel panic - not syncing: sysrq triggered crash"
         );
-        assert_eq!(console_tail(&log_path, 1), "[ 2.0] Kernel panic - not syncing: sysrq triggered crash");
+        assert_eq!(
+            console_tail(&log_path, 1),
+            "[ 2.0] Kernel panic - not syncing: sysrq triggered crash"
+        );
     }
 
     #[test]
@@ -624,7 +657,10 @@ mod tests {
             Path::new("/tmp/r/qmp.sock"),
         );
         let joined = args.join(" ");
-        assert!(joined.contains("-accel tcg -cpu max -m 512M -smp 2"), "{joined}");
+        assert!(
+            joined.contains("-accel tcg -cpu max -m 512M -smp 2"),
+            "{joined}"
+        );
         assert!(joined.contains("file=/img/a,,b.qcow2,format=qcow2,if=virtio,readonly=on"));
         let console = joined.find("-serial chardev:console").unwrap();
         let uart = joined.find("-serial chardev:uart1").unwrap();
