@@ -224,6 +224,12 @@ impl BootError {
 pub enum VmError {
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error("VM {vm}: {op}: {reason}")]
+    Died {
+        vm: String,
+        op: &'static str,
+        reason: String,
+    },
     #[error("VM {vm}: {op}: the VM is not running (it was shut down or killed)")]
     Stopped { vm: String, op: &'static str },
     #[error("VM {vm}: write_file {path}: {size} bytes exceeds the {MAX_DATA}-byte limit")]
@@ -557,7 +563,30 @@ impl Vm {
 
     fn call(&self, op: &'static str, request: &Request) -> Result<Response, VmError> {
         self.check_running(op)?;
-        Ok(self.link.call(MAIN_CHANNEL, request, self.op_timeout)?)
+        self.link
+            .call(MAIN_CHANNEL, request, self.op_timeout)
+            .map_err(|error| self.explain(op, error))
+    }
+
+    /// A lost connection usually means QEMU is exiting, and its stdout (which
+    /// carries the reason, e.g. a panic) closes a moment after the socket: wait
+    /// briefly for that better evidence.
+    fn explain(&self, op: &'static str, error: LinkError) -> VmError {
+        if !matches!(error, LinkError::Disconnected { .. }) {
+            return error.into();
+        }
+        let deadline = Instant::now() + EXIT_EVIDENCE_WAIT;
+        while Instant::now() < deadline {
+            if let Some(reason) = self.qemu.dead_reason() {
+                return VmError::Died {
+                    vm: self.name.clone(),
+                    op,
+                    reason,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        error.into()
     }
 
     fn unexpected(&self, op: &'static str, got: Response) -> VmError {
