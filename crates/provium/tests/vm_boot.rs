@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use provium::vm::default_profile;
 use provium::vm::qemu::DiskFormat;
-use provium::vm::{BootError, BootProfile, Disk, ShutdownOutcome, Vm, VmConfig};
+use provium::vm::{AgentChannel, BootError, BootProfile, Disk, ShutdownOutcome, Vm, VmConfig};
 
 fn default_profile() -> BootProfile {
     let resolved = default_profile::resolve(&default_profile::cache_dir())
@@ -73,6 +73,10 @@ fn default_profile_boots_execs_and_shuts_down() {
     let mounts = vm.exec("cat /proc/mounts").unwrap();
     assert!(String::from_utf8_lossy(&mounts.stdout).contains("/sys"));
     assert!(!vm.dmesg(Some("Linux version")).unwrap().is_empty());
+    vm.mount_vfs().unwrap();
+    vm.mount_vfs().unwrap();
+    let mounts = vm.exec("cat /proc/mounts").unwrap();
+    assert!(String::from_utf8_lossy(&mounts.stdout).contains("securityfs"));
 
     let console = vm.console_log().to_path_buf();
     assert_eq!(vm.shutdown(), ShutdownOutcome::PoweredOff);
@@ -196,4 +200,16 @@ fn bad_kernels_and_initrds_are_named() {
     assert!(message.contains("profile 'rawdisk'"), "{message}");
     assert!(message.contains("root.img"), "{message}");
     assert!(message.contains("not a cpio archive"), "{message}");
+}
+
+#[test]
+fn agent_falls_back_to_the_uart_without_a_virtio_console() {
+    let dir = run_dir();
+    let mut profile = default_profile();
+    // The agent cannot load virtio_console, so it serves on ttyS1.
+    profile.append = "module_blacklist=virtio_console".into();
+    let vm = Vm::boot(VmConfig::new("uart-test", profile, dir.path()), None)
+        .unwrap_or_else(|e| panic!("{e}\n{}", e.console_tail().unwrap_or_default()));
+    assert_eq!(vm.channel(), AgentChannel::Uart);
+    assert_eq!(vm.exec("echo over-uart").unwrap().stdout, b"over-uart\n");
 }
