@@ -63,7 +63,7 @@ fn spawn_shell(cmd: &str, op: &str) -> Result<Shell, AgentError> {
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
     if pidfd < 0 {
         let err = sys::os_error("pidfd_open");
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        kill_group(pid);
         let _ = sys::wait_pid(pid);
         return Err(err);
     }
@@ -73,6 +73,15 @@ fn spawn_shell(cmd: &str, op: &str) -> Result<Shell, AgentError> {
         stderr: err_r,
         exited: unsafe { OwnedFd::from_raw_fd(pidfd) },
     })
+}
+
+/// SIGKILLs a command's process group, and the shell itself in case it has not yet
+/// called `setsid` (then the group does not exist yet).
+fn kill_group(pid: i32) {
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -131,7 +140,7 @@ fn pump(shell: Shell, mut sink: impl FnMut(Stream, &[u8]) -> bool) -> Result<i32
         exited = pfds[2].revents != 0;
     }
     if stopped {
-        unsafe { libc::kill(-shell.pid, libc::SIGKILL) };
+        kill_group(shell.pid);
     } else {
         // The shell is gone; whatever it wrote is in the pipes. A background
         // grandchild may still hold them open, so read without blocking.
@@ -303,7 +312,7 @@ impl Jobs {
     pub fn kill(&mut self, id: u64) -> Result<Response, AgentError> {
         let job = self.jobs.get(&id).ok_or(AgentError::UnknownJob { id })?;
         if job.lock().exit_code.is_none() {
-            unsafe { libc::kill(-job.pid, libc::SIGKILL) };
+            kill_group(job.pid);
         }
         let status = job.wait(KILL_GRACE);
         if matches!(status, Response::JobStatus { running: true, .. }) {
@@ -325,7 +334,7 @@ impl Drop for Jobs {
         // A worker that ends takes its jobs with it.
         for job in self.jobs.values() {
             if job.lock().exit_code.is_none() {
-                unsafe { libc::kill(-job.pid, libc::SIGKILL) };
+                kill_group(job.pid);
             }
         }
     }

@@ -46,20 +46,48 @@ pub fn open_link(dir: &str) -> Result<(File, LinkKind, String), String> {
     }
 }
 
+/// The kernel's `struct termios` (what TCGETS/TCSETS take). glibc's termios calls
+/// are avoided: its versioned `cfset*speed` symbols do not link statically.
+#[repr(C)]
+struct KernelTermios {
+    c_iflag: libc::tcflag_t,
+    c_oflag: libc::tcflag_t,
+    c_cflag: libc::tcflag_t,
+    c_lflag: libc::tcflag_t,
+    c_line: libc::cc_t,
+    c_cc: [libc::cc_t; 19],
+}
+
 fn set_raw(file: &File) -> std::io::Result<()> {
     let fd = file.as_raw_fd();
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(fd, &mut t) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        libc::cfmakeraw(&mut t);
-        libc::cfsetispeed(&mut t, libc::B115200);
-        libc::cfsetospeed(&mut t, libc::B115200);
-        t.c_cflag |= libc::CLOCAL | libc::CREAD;
-        if libc::tcsetattr(fd, libc::TCSANOW, &t) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    let mut t = KernelTermios {
+        c_iflag: 0,
+        c_oflag: 0,
+        c_cflag: 0,
+        c_lflag: 0,
+        c_line: 0,
+        c_cc: [0; 19],
+    };
+    if unsafe { libc::ioctl(fd, libc::TCGETS, &mut t) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // cfmakeraw, then 115200 baud 8N1 with the receiver on and modem lines ignored.
+    t.c_iflag &= !(libc::IGNBRK
+        | libc::BRKINT
+        | libc::PARMRK
+        | libc::ISTRIP
+        | libc::INLCR
+        | libc::IGNCR
+        | libc::ICRNL
+        | libc::IXON);
+    t.c_oflag &= !libc::OPOST;
+    t.c_lflag &= !(libc::ECHO | libc::ECHONL | libc::ICANON | libc::ISIG | libc::IEXTEN);
+    t.c_cflag &= !(libc::CSIZE | libc::PARENB | libc::CBAUD);
+    t.c_cflag |= libc::CS8 | libc::B115200 | libc::CLOCAL | libc::CREAD;
+    t.c_cc[libc::VMIN] = 1;
+    t.c_cc[libc::VTIME] = 0;
+    if unsafe { libc::ioctl(fd, libc::TCSETS, &t) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
