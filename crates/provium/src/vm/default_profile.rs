@@ -36,6 +36,12 @@ pub enum DefaultProfileError {
     BusyboxNotStatic { path: PathBuf, reason: String },
     #[error("profile 'default': cannot list the applets of {path}: {reason}")]
     BusyboxApplets { path: PathBuf, reason: String },
+    #[error("profile 'default': cache directory {path} belongs to uid {owner} with mode {mode:o}; it must be yours and not writable by others (remove it or set TMPDIR)")]
+    UnsafeCache {
+        path: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
     #[error("profile 'default': cannot write the generated initramfs {path}: {source}")]
     Cache { path: PathBuf, source: io::Error },
 }
@@ -178,9 +184,6 @@ fn busybox_initramfs(busybox: &Path, cache: &Path) -> Result<PathBuf, DefaultPro
     )
         .hash(&mut hasher);
     let target = cache.join(format!("default-initramfs-{:016x}.cpio", hasher.finish()));
-    if target.is_file() {
-        return Ok(target);
-    }
     let cache_err = |source| DefaultProfileError::Cache {
         path: target.clone(),
         source,
@@ -190,6 +193,10 @@ fn busybox_initramfs(busybox: &Path, cache: &Path) -> Result<PathBuf, DefaultPro
         .mode(0o700)
         .create(cache)
         .map_err(cache_err)?;
+    check_private(cache)?;
+    if target.is_file() {
+        return Ok(target);
+    }
     let archive = build_busybox_archive(busybox)?;
     // Concurrent runs may generate the same image: write aside, then rename atomically.
     let nanos = std::time::SystemTime::now()
@@ -203,6 +210,25 @@ fn busybox_initramfs(busybox: &Path, cache: &Path) -> Result<PathBuf, DefaultPro
         cache_err(e)
     })?;
     Ok(target)
+}
+
+/// The cache sits in a shared temporary directory: an image another user could
+/// replace would run in every VM, so the directory must be ours and closed to others.
+fn check_private(cache: &Path) -> Result<(), DefaultProfileError> {
+    let meta = fs::metadata(cache).map_err(|source| DefaultProfileError::Cache {
+        path: cache.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid || meta.mode() & 0o022 != 0 {
+        return Err(DefaultProfileError::UnsafeCache {
+            path: cache.to_path_buf(),
+            owner: meta.uid(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    Ok(())
 }
 
 /// busybox at `/bin/busybox`, one symlink per applet in `/bin`, merged-usr
@@ -273,6 +299,18 @@ mod tests {
             let message = find_kernel(empty.path()).unwrap_err().to_string();
             assert!(message.contains("linux-image-cloud-amd64"), "{message}");
         }
+    }
+
+    #[test]
+    fn a_cache_writable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let cache = tempfile::tempdir().unwrap();
+        fs::set_permissions(cache.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let busybox = find_busybox().unwrap();
+        let message = busybox_initramfs(&busybox, cache.path())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("mode 777"), "{message}");
     }
 
     #[test]
