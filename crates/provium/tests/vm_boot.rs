@@ -58,6 +58,13 @@ fn default_profile_boots_execs_and_shuts_down() {
         guest_path: "/opt/payload.txt".into(),
         host_path: payload,
     });
+    let disk = dir.path().join("data.img");
+    fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    config.disks.push(Disk {
+        path: disk,
+        format: DiskFormat::Raw,
+        readonly: false,
+    });
     let start = Instant::now();
     let mut vm = Vm::boot(config, None)
         .unwrap_or_else(|e| panic!("{e}\n{}", e.console_tail().unwrap_or_default()));
@@ -77,6 +84,15 @@ fn default_profile_boots_execs_and_shuts_down() {
     vm.mount_vfs().unwrap();
     let mounts = vm.exec("cat /proc/mounts").unwrap();
     assert!(String::from_utf8_lossy(&mounts.stdout).contains("securityfs"));
+
+    let size = vm.exec("cat /sys/block/vda/size").unwrap();
+    assert_eq!(size.stdout, b"2048\n", "1 MiB disk as /dev/vda");
+    let status = vm
+        .qmp(Duration::from_secs(5))
+        .unwrap()
+        .execute("query-status", None, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(status["status"], "running");
 
     let console = vm.console_log().to_path_buf();
     assert_eq!(vm.shutdown(), ShutdownOutcome::PoweredOff);
