@@ -753,3 +753,33 @@ fn boot_failure(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_handles_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Vm>();
+        assert_send::<BootError>();
+        assert_send::<VmError>();
+    }
+
+    #[test]
+    fn boot_error_messages_name_the_vm_and_keep_stderr() {
+        let error = BootError::QemuExited {
+            vm: "a.lua#1".into(),
+            status: "exit status: 1".into(),
+            stderr: "qemu-system-x86_64: -m 0M: bad size".into(),
+            console_log: "/r/vm1/console.log".into(),
+            console_tail: String::new(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "VM a.lua#1: QEMU exited (exit status: 1) before the agent was ready; \
+             QEMU stderr: qemu-system-x86_64: -m 0M: bad size"
+        );
+        assert_eq!(error.console_log(), Some(Path::new("/r/vm1/console.log")));
+    }
+}
