@@ -1,1 +1,352 @@
 //! QMP client: the QEMU Machine Protocol over a unix socket.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use thiserror::Error;
+
+/// How long to sleep between connection attempts while QEMU sets up the socket.
+const CONNECT_RETRY: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Error)]
+pub enum QmpError {
+    #[error("QMP socket {path}: QEMU did not accept a connection within {waited:?}: {last_error}")]
+    Connect {
+        path: PathBuf,
+        waited: Duration,
+        last_error: io::Error,
+    },
+    #[error("QMP socket {path}: QEMU exited before accepting a connection")]
+    QemuGone { path: PathBuf },
+    #[error("QMP {path}: {context}: {source}")]
+    Io {
+        path: PathBuf,
+        context: String,
+        source: io::Error,
+    },
+    #[error("QMP {path}: timed out after {timeout:?} waiting for {what}")]
+    Timeout {
+        path: PathBuf,
+        what: String,
+        timeout: Duration,
+    },
+    #[error("QMP {path}: QEMU closed the connection while waiting for {what}")]
+    Closed { path: PathBuf, what: String },
+    #[error("QMP {path}: unexpected message {message}")]
+    Protocol { path: PathBuf, message: String },
+    #[error("QMP {path}: command '{command}' failed: {class}: {desc}")]
+    Command {
+        path: PathBuf,
+        command: String,
+        class: String,
+        desc: String,
+    },
+}
+
+/// A connected QMP session in command mode.
+pub struct Qmp {
+    path: PathBuf,
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+    /// Events received while waiting for command replies, oldest first.
+    events: VecDeque<Value>,
+}
+
+impl Qmp {
+    /// Connects to QEMU's QMP socket, retrying until `timeout`: the socket file can
+    /// exist before QEMU listens on it. `alive` is polled between attempts so a QEMU
+    /// that exits ends the wait at once.
+    pub fn connect(
+        path: &Path,
+        timeout: Duration,
+        alive: &mut dyn FnMut() -> bool,
+    ) -> Result<Qmp, QmpError> {
+        let start = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(stream) => break stream,
+                Err(last_error) => {
+                    if !alive() {
+                        return Err(QmpError::QemuGone {
+                            path: path.to_path_buf(),
+                        });
+                    }
+                    if start.elapsed() >= timeout {
+                        return Err(QmpError::Connect {
+                            path: path.to_path_buf(),
+                            waited: start.elapsed(),
+                            last_error,
+                        });
+                    }
+                    std::thread::sleep(CONNECT_RETRY);
+                }
+            }
+        };
+        let reader = stream.try_clone().map_err(|source| QmpError::Io {
+            path: path.to_path_buf(),
+            context: "clone socket".into(),
+            source,
+        })?;
+        let mut qmp = Qmp {
+            path: path.to_path_buf(),
+            writer: stream,
+            reader: BufReader::new(reader),
+            events: VecDeque::new(),
+        };
+        let greeting = qmp.read_message(start + timeout, timeout, "the QMP greeting")?;
+        if greeting.get("QMP").is_none() {
+            return Err(qmp.protocol(&greeting));
+        }
+        qmp.execute(
+            "qmp_capabilities",
+            None,
+            timeout.saturating_sub(start.elapsed()),
+        )?;
+        Ok(qmp)
+    }
+
+    /// Runs `command` and returns its `return` value.
+    pub fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
+        let deadline = Instant::now() + timeout;
+        let mut request = json!({ "execute": command });
+        if let Some(arguments) = arguments {
+            request["arguments"] = arguments;
+        }
+        let mut line = request.to_string();
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .map_err(|source| self.io(format!("send '{command}'"), source))?;
+        let what = format!("the reply to '{command}'");
+        loop {
+            let message = self.read_message(deadline, timeout, &what)?;
+            if let Some(value) = message.get("return") {
+                return Ok(value.clone());
+            }
+            if let Some(error) = message.get("error") {
+                let field = |name: &str| {
+                    error
+                        .get(name)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
+                return Err(QmpError::Command {
+                    path: self.path.clone(),
+                    command: command.to_string(),
+                    class: field("class"),
+                    desc: field("desc"),
+                });
+            }
+            if message.get("event").is_some() {
+                self.events.push_back(message);
+                continue;
+            }
+            return Err(self.protocol(&message));
+        }
+    }
+
+    /// Waits for the next event named `name` (earlier queued events of other names
+    /// are kept) and returns the whole event object.
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Value, QmpError> {
+        if let Some(at) = self
+            .events
+            .iter()
+            .position(|e| e.get("event").and_then(Value::as_str) == Some(name))
+        {
+            return Ok(self.events.remove(at).expect("index from position"));
+        }
+        let deadline = Instant::now() + timeout;
+        let what = format!("event {name}");
+        loop {
+            let message = self.read_message(deadline, timeout, &what)?;
+            match message.get("event").and_then(Value::as_str) {
+                Some(event) if event == name => return Ok(message),
+                Some(_) => self.events.push_back(message),
+                None => return Err(self.protocol(&message)),
+            }
+        }
+    }
+
+    /// Drains and returns the events received so far.
+    pub fn take_events(&mut self) -> Vec<Value> {
+        self.events.drain(..).collect()
+    }
+
+    /// Asks QEMU to exit. QEMU may close the socket before replying, which counts as success.
+    pub fn quit(&mut self, timeout: Duration) -> Result<(), QmpError> {
+        match self.execute("quit", None, timeout) {
+            Ok(_) | Err(QmpError::Closed { .. }) => Ok(()),
+            Err(QmpError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_message(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Value, QmpError> {
+        let mut line = String::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(QmpError::Timeout {
+                    path: self.path.clone(),
+                    what: what.to_string(),
+                    timeout,
+                });
+            }
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(remaining))
+                .map_err(|source| self.io("set read timeout".into(), source))?;
+            match self.reader.read_line(&mut line) {
+                Ok(0) => {
+                    return Err(QmpError::Closed {
+                        path: self.path.clone(),
+                        what: what.to_string(),
+                    })
+                }
+                Ok(_) if line.ends_with('\n') => break,
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(self.io(format!("read {what}"), source)),
+            }
+        }
+        serde_json::from_str(line.trim()).map_err(|_| QmpError::Protocol {
+            path: self.path.clone(),
+            message: line.trim().to_string(),
+        })
+    }
+
+    fn io(&self, context: String, source: io::Error) -> QmpError {
+        QmpError::Io {
+            path: self.path.clone(),
+            context,
+            source,
+        }
+    }
+
+    fn protocol(&self, message: &Value) -> QmpError {
+        QmpError::Protocol {
+            path: self.path.clone(),
+            message: message.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A scripted QMP server: sends the greeting, then answers each line from `replies`.
+    fn fake_qemu(path: &Path, replies: Vec<&'static str>) -> std::thread::JoinHandle<Vec<String>> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            writer
+                .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .unwrap();
+            let mut received = Vec::new();
+            for reply in replies {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 {
+                    break;
+                }
+                received.push(line.trim().to_string());
+                writer.write_all(reply.as_bytes()).unwrap();
+            }
+            received
+        })
+    }
+
+    #[test]
+    fn handshake_commands_errors_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let server = fake_qemu(
+            &path,
+            vec![
+                "{\"return\": {}}\n",
+                "{\"event\": \"STOP\"}\n{\"return\": {\"status\": \"paused\"}}\n",
+                "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no such thing\"}}\n",
+            ],
+        );
+        let mut qmp = Qmp::connect(&path, Duration::from_secs(5), &mut || true).unwrap();
+        let status = qmp
+            .execute("query-status", None, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(status["status"], "paused");
+        let err = qmp
+            .execute("bogus", Some(json!({"x": 1})), Duration::from_secs(5))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'bogus' failed: GenericError: no such thing"),
+            "{err}"
+        );
+        let stop = qmp.wait_event("STOP", Duration::from_secs(1)).unwrap();
+        assert_eq!(stop["event"], "STOP");
+        let received = server.join().unwrap();
+        assert_eq!(received[0], r#"{"execute":"qmp_capabilities"}"#);
+        assert_eq!(received[2], r#"{"arguments":{"x":1},"execute":"bogus"}"#);
+    }
+
+    #[test]
+    fn connect_gives_up_when_qemu_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.sock");
+        let start = Instant::now();
+        let err = Qmp::connect(&path, Duration::from_secs(10), &mut || false)
+            .err()
+            .unwrap();
+        assert!(matches!(err, QmpError::QemuGone { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(1));
+        let err = Qmp::connect(&path, Duration::from_millis(100), &mut || true)
+            .err()
+            .unwrap();
+        assert!(matches!(err, QmpError::Connect { .. }), "{err}");
+    }
+
+    #[test]
+    fn silent_server_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let _listener = UnixListener::bind(&path).unwrap();
+        let start = Instant::now();
+        let err = Qmp::connect(&path, Duration::from_millis(300), &mut || true)
+            .err()
+            .unwrap();
+        assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+}

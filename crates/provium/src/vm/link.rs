@@ -1,1 +1,717 @@
 //! Host side of the agent channel: handshake, framed requests, channels, resync.
+//!
+//! One `Link` per VM, shared (it is `Clone`) by the VM handle, its workers and its
+//! jobs. A reader thread routes each response to the call waiting on its channel and
+//! sequence number; a late answer to an abandoned call is dropped. Every wait has a
+//! deadline and polls the caller's liveness check, so a dead QEMU or a kernel panic
+//! ends it at once.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use provium_proto::{
+    encode_message, AgentError, FrameReader, Message, ProtoError, Request, Response,
+    PROTOCOL_VERSION,
+};
+
+/// Answers `Some(reason)` once the VM can no longer answer (QEMU exited, the console
+/// shows a kernel panic); called often, so it must be cheap.
+pub type Liveness = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// How often a wait wakes up to ask the liveness check.
+const LIVENESS_POLL: Duration = Duration::from_millis(50);
+/// How often the handshake repeats `Hello` while the guest is not yet listening.
+const HELLO_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A failed exchange with the agent; every variant names the VM and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("VM {vm}: agent did not answer the handshake within {waited:?}")]
+    HandshakeTimeout { vm: String, waited: Duration },
+    #[error("VM {vm}: protocol version mismatch: host speaks {host}, agent speaks {agent}")]
+    VersionMismatch { vm: String, host: u32, agent: u32 },
+    #[error("VM {vm}: {op} on channel {channel}: no answer within {waited:?}")]
+    Timeout {
+        vm: String,
+        op: &'static str,
+        channel: u32,
+        waited: Duration,
+    },
+    #[error("VM {vm}: {op} on channel {channel} abandoned: {reason}")]
+    VmDead {
+        vm: String,
+        op: &'static str,
+        channel: u32,
+        reason: String,
+    },
+    #[error("VM {vm}: {op} on channel {channel}: agent connection lost: {reason}")]
+    Disconnected {
+        vm: String,
+        op: &'static str,
+        channel: u32,
+        reason: String,
+    },
+    #[error("VM {vm}: {op} on channel {channel}: {source}")]
+    Agent {
+        vm: String,
+        op: &'static str,
+        channel: u32,
+        #[source]
+        source: AgentError,
+    },
+    #[error("VM {vm}: {op} on channel {channel}: {source}")]
+    Protocol {
+        vm: String,
+        op: &'static str,
+        channel: u32,
+        #[source]
+        source: ProtoError,
+    },
+    #[error("VM {vm}: {op} on channel {channel}: unexpected answer {got}")]
+    Unexpected {
+        vm: String,
+        op: &'static str,
+        channel: u32,
+        got: String,
+    },
+    #[error("VM {vm}: {op}: agent socket: {source}")]
+    Io {
+        vm: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl LinkError {
+    /// The agent's own error, when the agent answered with one.
+    pub fn agent_error(&self) -> Option<&AgentError> {
+        match self {
+            LinkError::Agent { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// The VM stopped being able to answer (as opposed to a failed operation).
+    pub fn is_vm_failure(&self) -> bool {
+        !matches!(
+            self,
+            LinkError::Agent { .. } | LinkError::Unexpected { .. } | LinkError::Protocol { .. }
+        )
+    }
+}
+
+type Delivery = Result<Message, ProtoError>;
+
+struct Pending {
+    seq: u32,
+    tx: Sender<Delivery>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Bumped on every new connection so an old reader cannot touch new state.
+    generation: u64,
+    /// Why the current connection ended, once it has.
+    lost: Option<String>,
+    pending: HashMap<u32, Pending>,
+    hello: Option<Sender<u32>>,
+}
+
+struct Inner {
+    vm: String,
+    liveness: Liveness,
+    writer: Mutex<UnixStream>,
+    state: Arc<Mutex<State>>,
+    next_seq: AtomicU32,
+    channel_locks: Mutex<HashMap<u32, Arc<Mutex<()>>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Wakes the reader thread so it exits.
+        let _ = lock(&self.writer).shutdown(Shutdown::Both);
+    }
+}
+
+/// The connection to one VM's agent.
+#[derive(Clone)]
+pub struct Link {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Link {
+    /// Performs the handshake on a connected stream: repeats `Hello` until the agent
+    /// answers, the deadline passes or `liveness` reports the VM dead.
+    pub fn connect(
+        vm: &str,
+        stream: UnixStream,
+        liveness: Liveness,
+        handshake_timeout: Duration,
+    ) -> Result<Link, LinkError> {
+        let writer = stream.try_clone().map_err(|source| LinkError::Io {
+            vm: vm.to_string(),
+            op: "handshake",
+            source,
+        })?;
+        let link = Link {
+            inner: Arc::new(Inner {
+                vm: vm.to_string(),
+                liveness,
+                writer: Mutex::new(writer),
+                state: Arc::new(Mutex::new(State::default())),
+                next_seq: AtomicU32::new(1),
+                channel_locks: Mutex::new(HashMap::new()),
+            }),
+        };
+        link.start_reader(stream, 0)?;
+        link.hello(handshake_timeout)?;
+        Ok(link)
+    }
+
+    /// Replaces the connection (after a snapshot restore, QEMU is a new process with a
+    /// new socket) and handshakes again. Calls in flight on the old connection fail.
+    pub fn resync_and_hello(
+        &self,
+        stream: UnixStream,
+        handshake_timeout: Duration,
+    ) -> Result<(), LinkError> {
+        let writer = stream
+            .try_clone()
+            .map_err(|source| self.io("resync", source))?;
+        let generation = {
+            let mut state = lock(&self.inner.state);
+            state.generation += 1;
+            state.lost = None;
+            state.pending.clear();
+            state.hello = None;
+            state.generation
+        };
+        {
+            let mut w = lock(&self.inner.writer);
+            let _ = w.shutdown(Shutdown::Both);
+            *w = writer;
+        }
+        self.start_reader(stream, generation)?;
+        self.hello(handshake_timeout)
+    }
+
+    /// The VM name errors carry.
+    pub fn vm(&self) -> &str {
+        &self.inner.vm
+    }
+
+    /// Sends `req` on `channel` and waits up to `timeout` for its answer. An agent
+    /// `Error` response becomes `LinkError::Agent`. Calls on one channel are
+    /// serialised; calls on different channels proceed concurrently.
+    pub fn call(
+        &self,
+        channel: u32,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, LinkError> {
+        let op = req.op_name();
+        let deadline = Instant::now() + timeout;
+        let channel_lock = {
+            let mut locks = lock(&self.inner.channel_locks);
+            Arc::clone(locks.entry(channel).or_default())
+        };
+        let _serialised = lock(&channel_lock);
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let frame =
+            encode_message(channel, seq, &Message::Request(req.clone())).map_err(|source| {
+                LinkError::Protocol {
+                    vm: self.inner.vm.clone(),
+                    op,
+                    channel,
+                    source,
+                }
+            })?;
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut state = lock(&self.inner.state);
+            if let Some(reason) = &state.lost {
+                return Err(LinkError::Disconnected {
+                    vm: self.inner.vm.clone(),
+                    op,
+                    channel,
+                    reason: reason.clone(),
+                });
+            }
+            state.pending.insert(channel, Pending { seq, tx });
+        }
+        let result = self
+            .write_frame(&frame, deadline, timeout, op, channel)
+            .and_then(|()| self.wait(&rx, deadline, timeout, op, channel));
+        {
+            let mut state = lock(&self.inner.state);
+            if state.pending.get(&channel).is_some_and(|p| p.seq == seq) {
+                state.pending.remove(&channel);
+            }
+        }
+        match result? {
+            Message::Response(Response::Error(source)) => Err(LinkError::Agent {
+                vm: self.inner.vm.clone(),
+                op,
+                channel,
+                source,
+            }),
+            Message::Response(resp) => Ok(resp),
+            other => Err(self.unexpected(op, channel, &other)),
+        }
+    }
+
+    /// Asks the agent to stop reading until the next `Hello` (before a snapshot).
+    pub fn quiesce(&self, timeout: Duration) -> Result<(), LinkError> {
+        match self.call(provium_proto::MAIN_CHANNEL, &Request::Quiesce, timeout)? {
+            Response::Quiesced => Ok(()),
+            other => Err(self.unexpected("quiesce", 0, &Message::Response(other))),
+        }
+    }
+
+    fn unexpected(&self, op: &'static str, channel: u32, got: &Message) -> LinkError {
+        LinkError::Unexpected {
+            vm: self.inner.vm.clone(),
+            op,
+            channel,
+            got: format!("{got:?}").chars().take(200).collect(),
+        }
+    }
+
+    fn io(&self, op: &'static str, source: io::Error) -> LinkError {
+        LinkError::Io {
+            vm: self.inner.vm.clone(),
+            op,
+            source,
+        }
+    }
+
+    fn start_reader(&self, stream: UnixStream, generation: u64) -> Result<(), LinkError> {
+        let state = Arc::clone(&self.inner.state);
+        std::thread::Builder::new()
+            .name(format!("link-{}", self.inner.vm))
+            .spawn(move || read_loop(stream, state, generation))
+            .map(|_| ())
+            .map_err(|source| self.io("start reader", source))
+    }
+
+    fn hello(&self, handshake_timeout: Duration) -> Result<(), LinkError> {
+        let start = Instant::now();
+        let deadline = start + handshake_timeout;
+        let (tx, rx) = mpsc::channel();
+        lock(&self.inner.state).hello = Some(tx);
+        let result = loop {
+            let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+            let frame = encode_message(
+                provium_proto::MAIN_CHANNEL,
+                seq,
+                &Message::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+            )
+            .map_err(|source| LinkError::Protocol {
+                vm: self.inner.vm.clone(),
+                op: "handshake",
+                channel: 0,
+                source,
+            })?;
+            if let Err(e) = self.write_frame(&frame, deadline, handshake_timeout, "handshake", 0) {
+                break Err(e);
+            }
+            let resend_at = (Instant::now() + HELLO_INTERVAL).min(deadline);
+            match self.wait(&rx, resend_at, handshake_timeout, "handshake", 0) {
+                Ok(agent) if agent == PROTOCOL_VERSION => break Ok(()),
+                Ok(agent) => {
+                    break Err(LinkError::VersionMismatch {
+                        vm: self.inner.vm.clone(),
+                        host: PROTOCOL_VERSION,
+                        agent,
+                    })
+                }
+                Err(LinkError::Timeout { .. }) if Instant::now() < deadline => continue,
+                Err(LinkError::Timeout { .. }) => {
+                    break Err(LinkError::HandshakeTimeout {
+                        vm: self.inner.vm.clone(),
+                        waited: start.elapsed(),
+                    })
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        lock(&self.inner.state).hello = None;
+        result
+    }
+
+    /// Waits for one delivery on `rx` until `deadline`, checking liveness meanwhile.
+    fn wait<T>(
+        &self,
+        rx: &Receiver<T>,
+        deadline: Instant,
+        timeout: Duration,
+        op: &'static str,
+        channel: u32,
+    ) -> Result<T::Value, LinkError>
+    where
+        T: DeliveryResult,
+    {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LinkError::Timeout {
+                    vm: self.inner.vm.clone(),
+                    op,
+                    channel,
+                    waited: timeout,
+                });
+            }
+            match rx.recv_timeout((deadline - now).min(LIVENESS_POLL)) {
+                Ok(v) => {
+                    return v.into_result().map_err(|source| LinkError::Protocol {
+                        vm: self.inner.vm.clone(),
+                        op,
+                        channel,
+                        source,
+                    })
+                }
+                Err(RecvTimeoutError::Timeout) => self.check_alive(op, channel)?,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The VM's own account (QEMU exit, panic) is better evidence than
+                    // the socket's.
+                    self.check_alive(op, channel)?;
+                    let reason = lock(&self.inner.state)
+                        .lost
+                        .clone()
+                        .unwrap_or_else(|| "the connection was replaced".to_string());
+                    return Err(LinkError::Disconnected {
+                        vm: self.inner.vm.clone(),
+                        op,
+                        channel,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    fn check_alive(&self, op: &'static str, channel: u32) -> Result<(), LinkError> {
+        match (self.inner.liveness)() {
+            Some(reason) => Err(LinkError::VmDead {
+                vm: self.inner.vm.clone(),
+                op,
+                channel,
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a whole frame in slices so a guest that stops reading cannot block the
+    /// caller past its deadline.
+    fn write_frame(
+        &self,
+        frame: &[u8],
+        deadline: Instant,
+        timeout: Duration,
+        op: &'static str,
+        channel: u32,
+    ) -> Result<(), LinkError> {
+        let mut w = lock(&self.inner.writer);
+        w.set_write_timeout(Some(LIVENESS_POLL))
+            .map_err(|source| self.io(op, source))?;
+        let mut written = 0;
+        while written < frame.len() {
+            match w.write(&frame[written..]) {
+                Ok(0) => {
+                    return Err(LinkError::Disconnected {
+                        vm: self.inner.vm.clone(),
+                        op,
+                        channel,
+                        reason: "the agent socket accepts no more data".to_string(),
+                    })
+                }
+                Ok(n) => written += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    self.check_alive(op, channel)?;
+                    if Instant::now() >= deadline {
+                        return Err(LinkError::Timeout {
+                            vm: self.inner.vm.clone(),
+                            op,
+                            channel,
+                            waited: timeout,
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.check_alive(op, channel)?;
+                    return Err(LinkError::Disconnected {
+                        vm: self.inner.vm.clone(),
+                        op,
+                        channel,
+                        reason: format!("write failed: {e}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a waiter receives: a routed message or the handshake's agent version.
+trait DeliveryResult {
+    type Value;
+    fn into_result(self) -> Result<Self::Value, ProtoError>;
+}
+
+impl DeliveryResult for Delivery {
+    type Value = Message;
+    fn into_result(self) -> Result<Message, ProtoError> {
+        self
+    }
+}
+
+impl DeliveryResult for u32 {
+    type Value = u32;
+    fn into_result(self) -> Result<u32, ProtoError> {
+        Ok(self)
+    }
+}
+
+fn read_loop(mut stream: UnixStream, state: Arc<Mutex<State>>, generation: u64) {
+    let mut reader = FrameReader::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let reason = loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break "the agent socket was closed".to_string(),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break format!("read failed: {e}"),
+        };
+        reader.push(&buf[..n]);
+        loop {
+            let (channel, seq, delivery) = match reader.next_frame() {
+                Ok(None) => break,
+                Ok(Some(frame)) => (frame.channel, frame.seq, frame.message()),
+                Err(e @ ProtoError::PayloadChecksum { channel, seq }) => (channel, seq, Err(e)),
+                // An oversize header cannot be attributed to a call; the reader has
+                // skipped it and resynchronises on the next frame.
+                Err(_) => continue,
+            };
+            let mut st = lock(&state);
+            if st.generation != generation {
+                return;
+            }
+            if let Ok(Message::HelloAck { version }) = delivery {
+                if let Some(tx) = &st.hello {
+                    let _ = tx.send(version);
+                }
+                continue;
+            }
+            if st.pending.get(&channel).is_some_and(|p| p.seq == seq) {
+                if let Some(p) = st.pending.remove(&channel) {
+                    let _ = p.tx.send(delivery);
+                }
+            }
+        }
+    };
+    let mut st = lock(&state);
+    if st.generation == generation {
+        st.lost = Some(reason);
+        // Dropping the senders wakes every waiter with `Disconnected`.
+        st.pending.clear();
+        st.hello = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alive() -> Liveness {
+        Arc::new(|| None)
+    }
+
+    /// A scripted agent: answers each frame through `answer`, which may stay silent.
+    fn fake_agent(
+        mut stream: UnixStream,
+        answer: impl Fn(&Message) -> Option<Message> + Send + 'static,
+    ) {
+        std::thread::spawn(move || {
+            let mut reader = FrameReader::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                reader.push(&buf[..n]);
+                while let Ok(Some(frame)) = reader.next_frame() {
+                    let msg = frame.message().unwrap();
+                    if let Some(reply) = answer(&msg) {
+                        let out = encode_message(frame.channel, frame.seq, &reply).unwrap();
+                        if stream.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    fn polite(msg: &Message) -> Option<Message> {
+        match msg {
+            Message::Hello { .. } => Some(Message::HelloAck {
+                version: PROTOCOL_VERSION,
+            }),
+            Message::Request(Request::Ping) => Some(Message::Response(Response::Pong)),
+            Message::Request(Request::ReadFile { path }) => {
+                Some(Message::Response(Response::Error(AgentError::Path {
+                    op: "open".into(),
+                    path: path.clone(),
+                    errno: 2,
+                })))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn handshake_and_call() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        fake_agent(guest, polite);
+        let link = Link::connect("t", host, alive(), Duration::from_secs(5)).unwrap();
+        let resp = link
+            .call(0, &Request::Ping, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(resp, Response::Pong);
+        let err = link
+            .call(
+                0,
+                &Request::ReadFile { path: "/x".into() },
+                Duration::from_secs(5),
+            )
+            .unwrap_err();
+        assert_eq!(err.agent_error().and_then(AgentError::errno), Some(2));
+        assert_eq!(
+            err.to_string(),
+            "VM t: read_file on channel 0: open /x: ENOENT (errno 2)"
+        );
+    }
+
+    #[test]
+    fn handshake_resends_until_guest_listens() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let seen = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&seen);
+        // Ignores the first two Hellos, as a guest that is still booting would.
+        fake_agent(guest, move |m| match m {
+            Message::Hello { .. } if counter.fetch_add(1, Ordering::SeqCst) < 2 => None,
+            other => polite(other),
+        });
+        Link::connect("t", host, alive(), Duration::from_secs(5)).unwrap();
+        assert!(seen.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[test]
+    fn version_mismatch_names_both_versions() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        fake_agent(guest, |_| Some(Message::HelloAck { version: 999 }));
+        let err = Link::connect("t", host, alive(), Duration::from_secs(5))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "VM t: protocol version mismatch: host speaks {PROTOCOL_VERSION}, agent speaks 999"
+            )
+        );
+    }
+
+    #[test]
+    fn silent_agent_times_out() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        fake_agent(guest, |_| None);
+        let start = Instant::now();
+        let err = Link::connect("t", host, alive(), Duration::from_millis(600))
+            .err()
+            .unwrap();
+        assert!(matches!(err, LinkError::HandshakeTimeout { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn dead_vm_ends_wait_at_once() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        fake_agent(guest, |m| match m {
+            Message::Hello { .. } => polite(m),
+            _ => None,
+        });
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&dead);
+        let liveness: Liveness = Arc::new(move || {
+            flag.load(Ordering::SeqCst)
+                .then(|| "QEMU exited with status 1".to_string())
+        });
+        let link = Link::connect("t", host, liveness, Duration::from_secs(5)).unwrap();
+        dead.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        let err = link
+            .call(0, &Request::Ping, Duration::from_secs(60))
+            .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(
+            err.to_string().contains("QEMU exited with status 1"),
+            "{err}"
+        );
+        assert!(err.is_vm_failure());
+    }
+
+    #[test]
+    fn closed_socket_is_reported() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let link = {
+            fake_agent(guest.try_clone().unwrap(), polite);
+            Link::connect("t", host, alive(), Duration::from_secs(5)).unwrap()
+        };
+        guest.shutdown(Shutdown::Both).unwrap();
+        let err = link
+            .call(0, &Request::Ping, Duration::from_secs(5))
+            .unwrap_err();
+        assert!(
+            matches!(err, LinkError::Disconnected { .. }),
+            "expected a lost connection, got {err}"
+        );
+    }
+
+    #[test]
+    fn reconnect_after_resync() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        fake_agent(guest, polite);
+        let link = Link::connect("t", host, alive(), Duration::from_secs(5)).unwrap();
+        let (host2, guest2) = UnixStream::pair().unwrap();
+        fake_agent(guest2, polite);
+        link.resync_and_hello(host2, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            link.call(0, &Request::Ping, Duration::from_secs(5))
+                .unwrap(),
+            Response::Pong
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! PID-1 startup: console, module loading, and the split into the serving agent and
+//! the profile's init (or, without one, a reaper that stays PID 1).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::IntoRawFd;
+use std::time::Duration;
+
+use crate::files;
+use crate::log::{self, log};
+use crate::port;
+use crate::router::Router;
+use crate::serve::Mode;
+use crate::sys;
+
+/// PATH for commands when the agent is the whole userspace.
+pub const DEFAULT_PATH: &str = "/bin:/sbin:/usr/bin:/usr/sbin";
+
+/// Runs as the kernel's `rdinit`. `args` is argv; `argv[0]` locates the shim
+/// directory (`/proc/self/exe` needs /proc, which is not mounted yet).
+pub fn run_as_init(args: Vec<String>) -> ! {
+    let shim_dir = args
+        .first()
+        .and_then(|a| a.rsplit_once('/'))
+        .map(|(dir, _)| if dir.is_empty() { "/" } else { dir })
+        .unwrap_or("/.provium")
+        .to_string();
+    setup_console(&shim_dir);
+    load_modules(&shim_dir);
+    let init = choose_init(&shim_dir);
+    if init.is_none() {
+        mount_basics();
+        // Before any thread exists, so changing the environment is sound.
+        std::env::set_var("PATH", DEFAULT_PATH);
+    }
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        serve_guest(&shim_dir);
+    }
+    if pid < 0 {
+        log!(
+            "fork failed: {}; not serving",
+            std::io::Error::last_os_error()
+        );
+    }
+    if let Some(init) = init {
+        exec_init(&init, &args[1..]);
+        mount_basics();
+    }
+    reap_forever(pid)
+}
+
+/// Opens the console for logging and gives PID 1 (and so init) descriptors 0-2 if
+/// the kernel could not (an initramfs without /dev/console).
+fn setup_console(shim_dir: &str) {
+    let c_console = CString::new("/dev/console").unwrap_or_default();
+    let fd = unsafe { libc::open(c_console.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+    let fd = if fd >= 0 {
+        fd
+    } else {
+        match sys::open_char_device(shim_dir, "console", 5, 1) {
+            Ok(f) => f.into_raw_fd(),
+            Err(_) => return,
+        }
+    };
+    for target in 0..3 {
+        if target != fd && unsafe { libc::fcntl(target, libc::F_GETFD) } < 0 {
+            unsafe { libc::dup2(fd, target) };
+        }
+    }
+    // A private copy above 2 that init and commands do not inherit.
+    let log_fd = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd >= 3 {
+        unsafe { libc::close(fd) };
+    } else {
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    }
+    if log_fd >= 0 {
+        log::set_fd(log_fd);
+    }
+}
+
+/// Loads the modules listed in `modules.order`, dependencies first; a module that is
+/// already loaded (or built in) is fine, any other failure is logged and skipped.
+fn load_modules(shim_dir: &str) {
+    let list = format!("{shim_dir}/modules.order");
+    let Ok(order) = std::fs::read_to_string(&list) else {
+        return;
+    };
+    let params = CString::default();
+    for path in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                log!("module {path}: {e}");
+                continue;
+            }
+        };
+        let fd = file.into_raw_fd();
+        let ret = unsafe { libc::syscall(libc::SYS_finit_module, fd, params.as_ptr(), 0) };
+        let errno = sys::errno();
+        unsafe { libc::close(fd) };
+        if ret != 0 && errno != libc::EEXIST {
+            log!(
+                "loading module {path} failed: {}",
+                std::io::Error::from_raw_os_error(errno)
+            );
+        }
+    }
+}
+
+/// The init to chain to, from the shim's `init` file; `None` for `none` or a
+/// missing init (with a warning naming it).
+fn choose_init(shim_dir: &str) -> Option<String> {
+    let choice = std::fs::read_to_string(format!("{shim_dir}/init")).unwrap_or_default();
+    let choice = choice.trim();
+    if choice.is_empty() || choice == "none" {
+        return None;
+    }
+    if std::fs::symlink_metadata(choice).is_err() {
+        log!("warning: init {choice} does not exist in the initramfs; the agent stays PID 1 and serves");
+        return None;
+    }
+    Some(choice.to_string())
+}
+
+/// Without an init, the agent provides the basic file systems itself.
+fn mount_basics() {
+    let mounts = [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+        ("tmpfs", "/tmp", "tmpfs"),
+    ];
+    for (source, target, fstype) in mounts {
+        if let Err(e) = files::mount_one(source, target, fstype, 0, None) {
+            log!("{e}");
+        }
+    }
+}
+
+fn exec_init(init: &str, extra: &[String]) {
+    let Ok(path) = CString::new(init) else { return };
+    let mut argv_owned = vec![path.clone()];
+    argv_owned.extend(extra.iter().filter_map(|a| CString::new(a.as_str()).ok()));
+    let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+    log!(
+        "cannot execute init {init}: {}; the agent stays PID 1",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// PID 1 without an init: reap orphans forever (PID 1 must never exit).
+fn reap_forever(server: i32) -> ! {
+    loop {
+        let mut status = 0;
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == server {
+            log!("the serving agent {}", sys::describe_status(status));
+        } else if pid < 0 && sys::errno() == libc::ECHILD {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// The serving child: finds the link, then serves it for the life of the VM.
+fn serve_guest(shim_dir: &str) -> ! {
+    unsafe { libc::setsid() };
+    if std::env::var_os("PATH").is_none() {
+        // Still single-threaded here.
+        std::env::set_var("PATH", DEFAULT_PATH);
+    }
+    let (link, kind, description) = match port::open_link(shim_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            log!("cannot open the host channel: {e}");
+            unsafe { libc::_exit(1) };
+        }
+    };
+    log!("serving on {description}");
+    match Router::new(Mode::Guest) {
+        Ok(mut router) => router.serve_link(link, kind),
+        Err(e) => log!("{e}"),
+    }
+    unsafe { libc::_exit(1) }
+}

@@ -1,0 +1,821 @@
+//! The messages a frame carries: the handshake, the request enum and the response
+//! enum, each a one-byte tag followed by its fields.
+
+use crate::error::{AgentError, ProtoError};
+use crate::wire::{Reader, Writer};
+
+/// A raw syscall takes at most six arguments on x86_64.
+pub const MAX_SYSCALL_ARGS: usize = 6;
+
+/// A syscall argument replaced by a pointer to a guest copy of `data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyscallBuf {
+    /// 0-based argument index.
+    pub arg_idx: u32,
+    pub data: Vec<u8>,
+}
+
+/// A pointer written into a syscall buffer: `data_len` guest bytes (starting with
+/// `data`, zero-filled after it) whose address goes at `ptr_offset` of the buffer
+/// passed as argument `buf_idx`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PtrPatch {
+    /// The argument index of the buffer to patch (a `SyscallBuf::arg_idx`).
+    pub buf_idx: u32,
+    pub ptr_offset: u64,
+    pub data_len: u64,
+    pub data: Vec<u8>,
+    /// Return the sub-buffer's contents after the call.
+    pub output: bool,
+}
+
+/// A pointer written into an ioctl argument struct (see [`PtrPatch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoctlPtr {
+    pub ptr_offset: u64,
+    pub buf_len: u64,
+    pub data: Vec<u8>,
+    pub output: bool,
+}
+
+/// What the host asks of the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Run `cmd` with `/bin/sh -c` in its own process group.
+    Exec {
+        cmd: String,
+    },
+    ReadFile {
+        path: String,
+    },
+    /// Create or truncate `path`; `mode` (permission bits) defaults to 0644.
+    WriteFile {
+        path: String,
+        data: Vec<u8>,
+        mode: Option<u32>,
+    },
+    /// The kernel log buffer.
+    Dmesg,
+    /// Mount proc, sysfs, securityfs and devtmpfs where missing.
+    MountVfs,
+    /// Sync and power off.
+    Shutdown,
+    /// A raw syscall; covers plain integer calls, buffers and pointer patching.
+    Syscall {
+        nr: i64,
+        args: Vec<u64>,
+        bufs: Vec<SyscallBuf>,
+        ptrs: Vec<PtrPatch>,
+    },
+    /// `ioctl(fd, cmd, data?)`, with `data` passed by pointer.
+    Ioctl {
+        fd: i32,
+        cmd: u64,
+        data: Option<Vec<u8>>,
+    },
+    /// `ioctl(fd, cmd, &arg)` with pointers patched into `arg`.
+    IoctlBuf {
+        fd: i32,
+        cmd: u64,
+        arg: Vec<u8>,
+        ptrs: Vec<IoctlPtr>,
+    },
+    /// Start `cmd` asynchronously.
+    Background {
+        cmd: String,
+    },
+    /// Wait up to `timeout_ms` (0: poll) for a background job.
+    JobWait {
+        id: u64,
+        timeout_ms: u64,
+    },
+    /// Kill a background job's process group and return its final result.
+    JobKill {
+        id: u64,
+    },
+    /// Start a worker (a forked process, or with `thread` a thread with its own
+    /// credentials) on a new channel.
+    Spawn {
+        thread: bool,
+    },
+    /// End the worker serving `channel`.
+    WorkerKill {
+        channel: u32,
+    },
+    /// Acknowledge, then ignore everything until the next `Hello` (before snapshots).
+    Quiesce,
+    /// Liveness probe.
+    Ping,
+}
+
+/// What the agent answers; `Error` for any request that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// `exit_code` is 128+n when the command died from signal n.
+    Exec {
+        exit_code: i32,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    File {
+        data: Vec<u8>,
+    },
+    /// Success without a value (WriteFile, MountVfs, Shutdown, WorkerKill).
+    Done,
+    Dmesg {
+        log: Vec<u8>,
+    },
+    /// `ret` is the raw result (negative errno on failure); `bufs` are the argument
+    /// buffers after the call in argument-index order, `outputs` the `output` pointer
+    /// targets in request order.
+    Syscall {
+        ret: i64,
+        bufs: Vec<Vec<u8>>,
+        outputs: Vec<Vec<u8>>,
+    },
+    /// `data` is the argument after the call when the ioctl reads or has no direction.
+    Ioctl {
+        ret: i64,
+        data: Option<Vec<u8>>,
+    },
+    Job {
+        id: u64,
+        pid: i32,
+    },
+    /// `exit_code` is -1 while `running`; output is everything captured so far.
+    JobStatus {
+        running: bool,
+        exit_code: i32,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    /// `pid` is the worker's process id, or its thread id for a thread worker.
+    Spawned {
+        channel: u32,
+        pid: i32,
+    },
+    Quiesced,
+    Pong,
+    Error(AgentError),
+}
+
+/// Everything a frame can carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Opens a connection. Its encoding (tag 0x01, u32 version) never changes.
+    Hello {
+        version: u32,
+    },
+    /// The agent's answer, carrying the agent's version whether or not it matches.
+    HelloAck {
+        version: u32,
+    },
+    Request(Request),
+    Response(Response),
+}
+
+const TAG_HELLO: u8 = 0x01;
+const TAG_HELLO_ACK: u8 = 0x02;
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w;
+        match self {
+            Message::Hello { version } => {
+                w = Writer::new(TAG_HELLO);
+                w.u32(*version);
+            }
+            Message::HelloAck { version } => {
+                w = Writer::new(TAG_HELLO_ACK);
+                w.u32(*version);
+            }
+            Message::Request(req) => w = req.encode(),
+            Message::Response(resp) => w = resp.encode(),
+        }
+        w.out
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Message, ProtoError> {
+        let mut r = Reader::new(payload);
+        let tag = r.u8("message")?;
+        let msg = match tag {
+            TAG_HELLO => Message::Hello {
+                version: r.u32("version")?,
+            },
+            TAG_HELLO_ACK => Message::HelloAck {
+                version: r.u32("version")?,
+            },
+            0x10..=0x3f => Message::Request(Request::decode(tag, &mut r)?),
+            0x40..=0x7f => Message::Response(Response::decode(tag, &mut r)?),
+            tag => {
+                return Err(ProtoError::UnknownTag {
+                    what: "message",
+                    tag,
+                })
+            }
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+impl Request {
+    /// The operation's name, for error messages.
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Request::Exec { .. } => "exec",
+            Request::ReadFile { .. } => "read_file",
+            Request::WriteFile { .. } => "write_file",
+            Request::Dmesg => "dmesg",
+            Request::MountVfs => "mount_vfs",
+            Request::Shutdown => "shutdown",
+            Request::Syscall { .. } => "syscall",
+            Request::Ioctl { .. } => "ioctl",
+            Request::IoctlBuf { .. } => "ioctl_buf",
+            Request::Background { .. } => "background",
+            Request::JobWait { .. } => "job_wait",
+            Request::JobKill { .. } => "job_kill",
+            Request::Spawn { .. } => "spawn",
+            Request::WorkerKill { .. } => "worker_kill",
+            Request::Quiesce => "quiesce",
+            Request::Ping => "ping",
+        }
+    }
+
+    fn encode(&self) -> Writer {
+        let mut w;
+        match self {
+            Request::Exec { cmd } => {
+                w = Writer::new(0x10);
+                w.str(cmd);
+            }
+            Request::ReadFile { path } => {
+                w = Writer::new(0x11);
+                w.str(path);
+            }
+            Request::WriteFile { path, data, mode } => {
+                w = Writer::new(0x12);
+                w.str(path).bytes(data).opt_u32(*mode);
+            }
+            Request::Dmesg => w = Writer::new(0x13),
+            Request::MountVfs => w = Writer::new(0x14),
+            Request::Shutdown => w = Writer::new(0x15),
+            Request::Syscall {
+                nr,
+                args,
+                bufs,
+                ptrs,
+            } => {
+                w = Writer::new(0x16);
+                w.i64(*nr).len(args.len());
+                for a in args {
+                    w.u64(*a);
+                }
+                w.len(bufs.len());
+                for b in bufs {
+                    w.u32(b.arg_idx).bytes(&b.data);
+                }
+                w.len(ptrs.len());
+                for p in ptrs {
+                    w.u32(p.buf_idx)
+                        .u64(p.ptr_offset)
+                        .u64(p.data_len)
+                        .bytes(&p.data)
+                        .bool(p.output);
+                }
+            }
+            Request::Ioctl { fd, cmd, data } => {
+                w = Writer::new(0x17);
+                w.i32(*fd).u64(*cmd).opt_bytes(data.as_deref());
+            }
+            Request::IoctlBuf { fd, cmd, arg, ptrs } => {
+                w = Writer::new(0x18);
+                w.i32(*fd).u64(*cmd).bytes(arg).len(ptrs.len());
+                for p in ptrs {
+                    w.u64(p.ptr_offset)
+                        .u64(p.buf_len)
+                        .bytes(&p.data)
+                        .bool(p.output);
+                }
+            }
+            Request::Background { cmd } => {
+                w = Writer::new(0x19);
+                w.str(cmd);
+            }
+            Request::JobWait { id, timeout_ms } => {
+                w = Writer::new(0x1a);
+                w.u64(*id).u64(*timeout_ms);
+            }
+            Request::JobKill { id } => {
+                w = Writer::new(0x1b);
+                w.u64(*id);
+            }
+            Request::Spawn { thread } => {
+                w = Writer::new(0x1c);
+                w.bool(*thread);
+            }
+            Request::WorkerKill { channel } => {
+                w = Writer::new(0x1d);
+                w.u32(*channel);
+            }
+            Request::Quiesce => w = Writer::new(0x1e),
+            Request::Ping => w = Writer::new(0x1f),
+        }
+        w
+    }
+
+    fn decode(tag: u8, r: &mut Reader<'_>) -> Result<Request, ProtoError> {
+        Ok(match tag {
+            0x10 => Request::Exec {
+                cmd: r.string("command")?,
+            },
+            0x11 => Request::ReadFile {
+                path: r.string("path")?,
+            },
+            0x12 => Request::WriteFile {
+                path: r.string("path")?,
+                data: r.bytes("file data")?,
+                mode: r.opt_u32("mode")?,
+            },
+            0x13 => Request::Dmesg,
+            0x14 => Request::MountVfs,
+            0x15 => Request::Shutdown,
+            0x16 => {
+                let nr = r.i64("syscall number")?;
+                let n = r.count("syscall args", 8)?;
+                let mut args = Vec::with_capacity(n);
+                for _ in 0..n {
+                    args.push(r.u64("syscall arg")?);
+                }
+                let n = r.count("syscall buffers", 8)?;
+                let mut bufs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    bufs.push(SyscallBuf {
+                        arg_idx: r.u32("buffer index")?,
+                        data: r.bytes("buffer data")?,
+                    });
+                }
+                let n = r.count("pointer patches", 25)?;
+                let mut ptrs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ptrs.push(PtrPatch {
+                        buf_idx: r.u32("pointer buffer index")?,
+                        ptr_offset: r.u64("pointer offset")?,
+                        data_len: r.u64("pointer data length")?,
+                        data: r.bytes("pointer data")?,
+                        output: r.bool("pointer output flag")?,
+                    });
+                }
+                Request::Syscall {
+                    nr,
+                    args,
+                    bufs,
+                    ptrs,
+                }
+            }
+            0x17 => Request::Ioctl {
+                fd: r.i32("fd")?,
+                cmd: r.u64("ioctl cmd")?,
+                data: r.opt_bytes("ioctl data")?,
+            },
+            0x18 => {
+                let fd = r.i32("fd")?;
+                let cmd = r.u64("ioctl cmd")?;
+                let arg = r.bytes("ioctl struct")?;
+                let n = r.count("ioctl pointers", 21)?;
+                let mut ptrs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ptrs.push(IoctlPtr {
+                        ptr_offset: r.u64("pointer offset")?,
+                        buf_len: r.u64("pointer buffer length")?,
+                        data: r.bytes("pointer data")?,
+                        output: r.bool("pointer output flag")?,
+                    });
+                }
+                Request::IoctlBuf { fd, cmd, arg, ptrs }
+            }
+            0x19 => Request::Background {
+                cmd: r.string("command")?,
+            },
+            0x1a => Request::JobWait {
+                id: r.u64("job id")?,
+                timeout_ms: r.u64("timeout")?,
+            },
+            0x1b => Request::JobKill {
+                id: r.u64("job id")?,
+            },
+            0x1c => Request::Spawn {
+                thread: r.bool("thread flag")?,
+            },
+            0x1d => Request::WorkerKill {
+                channel: r.u32("channel")?,
+            },
+            0x1e => Request::Quiesce,
+            0x1f => Request::Ping,
+            tag => {
+                return Err(ProtoError::UnknownTag {
+                    what: "request",
+                    tag,
+                })
+            }
+        })
+    }
+}
+
+impl Response {
+    fn encode(&self) -> Writer {
+        let mut w;
+        match self {
+            Response::Exec {
+                exit_code,
+                stdout,
+                stderr,
+            } => {
+                w = Writer::new(0x40);
+                w.i32(*exit_code).bytes(stdout).bytes(stderr);
+            }
+            Response::File { data } => {
+                w = Writer::new(0x41);
+                w.bytes(data);
+            }
+            Response::Done => w = Writer::new(0x42),
+            Response::Dmesg { log } => {
+                w = Writer::new(0x43);
+                w.bytes(log);
+            }
+            Response::Syscall { ret, bufs, outputs } => {
+                w = Writer::new(0x44);
+                w.i64(*ret).len(bufs.len());
+                for b in bufs {
+                    w.bytes(b);
+                }
+                w.len(outputs.len());
+                for o in outputs {
+                    w.bytes(o);
+                }
+            }
+            Response::Ioctl { ret, data } => {
+                w = Writer::new(0x45);
+                w.i64(*ret).opt_bytes(data.as_deref());
+            }
+            Response::Job { id, pid } => {
+                w = Writer::new(0x46);
+                w.u64(*id).i32(*pid);
+            }
+            Response::JobStatus {
+                running,
+                exit_code,
+                stdout,
+                stderr,
+            } => {
+                w = Writer::new(0x47);
+                w.bool(*running).i32(*exit_code).bytes(stdout).bytes(stderr);
+            }
+            Response::Spawned { channel, pid } => {
+                w = Writer::new(0x48);
+                w.u32(*channel).i32(*pid);
+            }
+            Response::Quiesced => w = Writer::new(0x49),
+            Response::Pong => w = Writer::new(0x4a),
+            Response::Error(e) => {
+                w = Writer::new(0x7f);
+                e.encode(&mut w);
+            }
+        }
+        w
+    }
+
+    fn decode(tag: u8, r: &mut Reader<'_>) -> Result<Response, ProtoError> {
+        Ok(match tag {
+            0x40 => Response::Exec {
+                exit_code: r.i32("exit code")?,
+                stdout: r.bytes("stdout")?,
+                stderr: r.bytes("stderr")?,
+            },
+            0x41 => Response::File {
+                data: r.bytes("file data")?,
+            },
+            0x42 => Response::Done,
+            0x43 => Response::Dmesg {
+                log: r.bytes("kernel log")?,
+            },
+            0x44 => {
+                let ret = r.i64("syscall result")?;
+                let n = r.count("result buffers", 4)?;
+                let mut bufs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    bufs.push(r.bytes("result buffer")?);
+                }
+                let n = r.count("output buffers", 4)?;
+                let mut outputs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    outputs.push(r.bytes("output buffer")?);
+                }
+                Response::Syscall { ret, bufs, outputs }
+            }
+            0x45 => Response::Ioctl {
+                ret: r.i64("ioctl result")?,
+                data: r.opt_bytes("ioctl data")?,
+            },
+            0x46 => Response::Job {
+                id: r.u64("job id")?,
+                pid: r.i32("pid")?,
+            },
+            0x47 => Response::JobStatus {
+                running: r.bool("running flag")?,
+                exit_code: r.i32("exit code")?,
+                stdout: r.bytes("stdout")?,
+                stderr: r.bytes("stderr")?,
+            },
+            0x48 => Response::Spawned {
+                channel: r.u32("channel")?,
+                pid: r.i32("pid")?,
+            },
+            0x49 => Response::Quiesced,
+            0x4a => Response::Pong,
+            0x7f => Response::Error(AgentError::decode(r)?),
+            tag => {
+                return Err(ProtoError::UnknownTag {
+                    what: "response",
+                    tag,
+                })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_messages() -> Vec<Message> {
+        let reqs = vec![
+            Request::Exec {
+                cmd: "echo hi; exit 3".into(),
+            },
+            Request::ReadFile {
+                path: "/etc/passwd".into(),
+            },
+            Request::WriteFile {
+                path: "/tmp/x".into(),
+                data: vec![0, 1, 255, b'\n'],
+                mode: Some(0o755),
+            },
+            Request::WriteFile {
+                path: "/tmp/y".into(),
+                data: vec![],
+                mode: None,
+            },
+            Request::Dmesg,
+            Request::MountVfs,
+            Request::Shutdown,
+            Request::Syscall {
+                nr: 39,
+                args: vec![],
+                bufs: vec![],
+                ptrs: vec![],
+            },
+            Request::Syscall {
+                nr: -1,
+                args: vec![u64::MAX, 0, 1 << 63, 4, 5, 6],
+                bufs: vec![
+                    SyscallBuf {
+                        arg_idx: 1,
+                        data: b"abc".to_vec(),
+                    },
+                    SyscallBuf {
+                        arg_idx: 3,
+                        data: vec![],
+                    },
+                ],
+                ptrs: vec![PtrPatch {
+                    buf_idx: 1,
+                    ptr_offset: 8,
+                    data_len: 64,
+                    data: vec![7; 3],
+                    output: true,
+                }],
+            },
+            Request::Ioctl {
+                fd: 3,
+                cmd: 0x541b,
+                data: Some(vec![0; 4]),
+            },
+            Request::Ioctl {
+                fd: -1,
+                cmd: u64::MAX,
+                data: None,
+            },
+            Request::IoctlBuf {
+                fd: 4,
+                cmd: 0xc018_0000,
+                arg: vec![0; 24],
+                ptrs: vec![IoctlPtr {
+                    ptr_offset: 8,
+                    buf_len: 16,
+                    data: b"x".to_vec(),
+                    output: false,
+                }],
+            },
+            Request::Background {
+                cmd: "sleep 10".into(),
+            },
+            Request::JobWait {
+                id: 7,
+                timeout_ms: 1500,
+            },
+            Request::JobKill { id: u64::MAX },
+            Request::Spawn { thread: true },
+            Request::Spawn { thread: false },
+            Request::WorkerKill { channel: 9 },
+            Request::Quiesce,
+            Request::Ping,
+        ];
+        let errors = vec![
+            AgentError::Path {
+                op: "open".into(),
+                path: "/nope".into(),
+                errno: 2,
+            },
+            AgentError::Os {
+                op: "fork".into(),
+                errno: 12,
+            },
+            AgentError::OutputTooLarge {
+                cmd: "yes".into(),
+                cap: 16 << 20,
+            },
+            AgentError::FileTooLarge {
+                path: "/big".into(),
+                cap: 16 << 20,
+            },
+            AgentError::InvalidRequest {
+                op: "syscall".into(),
+                reason: "7 arguments".into(),
+            },
+            AgentError::UnknownJob { id: 3 },
+            AgentError::UnknownChannel { channel: 4 },
+            AgentError::WorkerGone {
+                channel: 5,
+                reason: "killed".into(),
+            },
+            AgentError::Unsupported {
+                op: "spawn".into(),
+                reason: "inside a worker".into(),
+            },
+            AgentError::NoHandshake,
+        ];
+        let mut resps = vec![
+            Response::Exec {
+                exit_code: 130,
+                stdout: b"out".to_vec(),
+                stderr: vec![0xff, 0],
+            },
+            Response::File {
+                data: (0..=255).collect(),
+            },
+            Response::Done,
+            Response::Dmesg {
+                log: b"[0.0] Linux\n".to_vec(),
+            },
+            Response::Syscall {
+                ret: -2,
+                bufs: vec![vec![1], vec![]],
+                outputs: vec![vec![9; 9]],
+            },
+            Response::Ioctl {
+                ret: 0,
+                data: Some(vec![4, 0, 0, 0]),
+            },
+            Response::Ioctl {
+                ret: -25,
+                data: None,
+            },
+            Response::Job { id: 1, pid: 4242 },
+            Response::JobStatus {
+                running: true,
+                exit_code: -1,
+                stdout: vec![],
+                stderr: b"e".to_vec(),
+            },
+            Response::Spawned {
+                channel: 1,
+                pid: 77,
+            },
+            Response::Quiesced,
+            Response::Pong,
+        ];
+        resps.extend(errors.into_iter().map(Response::Error));
+        let mut msgs = vec![
+            Message::Hello { version: 1 },
+            Message::HelloAck { version: u32::MAX },
+        ];
+        msgs.extend(reqs.into_iter().map(Message::Request));
+        msgs.extend(resps.into_iter().map(Message::Response));
+        msgs
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in all_messages() {
+            let bytes = m.encode();
+            assert_eq!(Message::decode(&bytes).unwrap(), m, "bytes {bytes:02x?}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        for m in all_messages() {
+            let bytes = m.encode();
+            for cut in 0..bytes.len() {
+                assert!(
+                    Message::decode(&bytes[..cut]).is_err(),
+                    "{m:?} decoded from {cut} of {} bytes",
+                    bytes.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_refused() {
+        let mut bytes = Message::Request(Request::Ping).encode();
+        bytes.push(0);
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(ProtoError::TrailingBytes { extra: 1 })
+        );
+    }
+
+    #[test]
+    fn huge_counts_refused_before_allocating() {
+        // A Syscall claiming 2^32-1 arguments with 4 bytes of input.
+        let mut bytes = vec![0x16];
+        bytes.extend_from_slice(&39i64.to_le_bytes());
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        match Message::decode(&bytes) {
+            Err(ProtoError::Truncated { what, .. }) => assert_eq!(what, "syscall args"),
+            other => panic!("expected truncation, got {other:?}"),
+        }
+        // A byte string claiming 4 GiB.
+        let mut bytes = vec![0x11];
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(ProtoError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_tags_named() {
+        assert_eq!(
+            Message::decode(&[0x3e]),
+            Err(ProtoError::UnknownTag {
+                what: "request",
+                tag: 0x3e
+            })
+        );
+        assert_eq!(
+            Message::decode(&[0x00]),
+            Err(ProtoError::UnknownTag {
+                what: "message",
+                tag: 0
+            })
+        );
+        assert_eq!(
+            Message::decode(&[0x1c, 2]),
+            Err(ProtoError::UnknownTag {
+                what: "thread flag",
+                tag: 2
+            })
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_named() {
+        let mut bytes = vec![0x11];
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(&[0xff, 0xfe]);
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(ProtoError::InvalidUtf8 { what: "path" })
+        );
+    }
+
+    #[test]
+    fn errors_name_subject_and_errno() {
+        let e = AgentError::Path {
+            op: "open".into(),
+            path: "/nope".into(),
+            errno: 2,
+        };
+        assert_eq!(e.to_string(), "open /nope: ENOENT (errno 2)");
+        assert_eq!(e.errno(), Some(2));
+        let e = AgentError::OutputTooLarge {
+            cmd: "yes".into(),
+            cap: 16,
+        };
+        assert!(e.to_string().contains("cap of 16 bytes"), "{e}");
+    }
+}
