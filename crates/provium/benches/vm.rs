@@ -1,0 +1,310 @@
+//! `scripts/bench vm`: cold boot against a bare QEMU boot, agent round trips, and
+//! 8 MiB file transfers over virtio-serial and over the ttyS1 fallback.
+//!
+//! Run with `cargo bench -p provium --bench vm`; `BENCH_RUNS` sets the run count.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use provium::shim::{write_concatenated, CpioWriter};
+use provium::vm::{AgentChannel, Vm};
+use provium_proto::{Request, Response, MAIN_CHANNEL};
+
+use common::{batch_mean, median, ratio, ratio_of, report, show, timed, Bench};
+
+/// What the bare guest's `/init` prints before powering off.
+const INIT_MARKER: &str = "BARE-INIT-RUNNING";
+/// A bare boot that takes longer than this is stuck, not slow.
+const BARE_BOOT_DEADLINE: Duration = Duration::from_secs(120);
+/// Round trips per timed batch.
+const BATCH: u32 = 20;
+const TRANSFER_BYTES: usize = 8 << 20;
+/// SPEC targets.
+const BOOT_RATIO_TARGET: f64 = 1.2;
+const EXEC_TARGET: Duration = Duration::from_millis(20);
+
+fn main() -> Result<()> {
+    let bench = Bench::new("vm")?;
+    boot_times(&bench)?;
+    round_trips(&bench)?;
+    transfers(&bench)?;
+    Ok(())
+}
+
+/// Kills the bare QEMU if a measurement fails half-way.
+struct BareQemu(Child);
+
+impl Drop for BareQemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Times for one bare boot: to the init's first output, and to QEMU's exit.
+struct BareBoot {
+    to_init: Duration,
+    to_exit: Duration,
+}
+
+/// The busybox initramfs of the default profile plus an `/init` that prints the
+/// marker and powers off: the same kernel and userland as Provium's boot, without
+/// the shim, the agent or the virtio modules.
+fn bare_initrd(bench: &Bench) -> Result<std::path::PathBuf> {
+    let mut init = CpioWriter::new(Vec::new());
+    init.file(
+        "/init",
+        0o755,
+        format!("#!/bin/sh\necho {INIT_MARKER}\npoweroff -f\n").as_bytes(),
+    )?;
+    let init = init.finish()?;
+    let busybox = fs::read(&bench.resolved.initrd)
+        .with_context(|| format!("reading {}", bench.resolved.initrd.display()))?;
+    let path = bench.work.path().join("bare.cpio");
+    write_concatenated(&path, &[&busybox, &init])?;
+    Ok(path)
+}
+
+fn bare_boot(bench: &Bench, initrd: &Path) -> Result<BareBoot> {
+    let start = Instant::now();
+    let mut child = Command::new(&bench.qemu)
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-display",
+            "none",
+        ])
+        .args(bench.accel.qemu_args())
+        .args(["-m", "512M", "-smp", "1", "-kernel"])
+        .arg(&bench.resolved.kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1", "-serial", "stdio"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bench.qemu.display()))?;
+    let console = child.stdout.take().context("QEMU stdout")?;
+    let mut qemu = BareQemu(child);
+    // The reader reports the marker, then the end of the console (QEMU exiting).
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut console = BufReader::new(console);
+        let mut line = String::new();
+        while console.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.contains(INIT_MARKER) {
+                let _ = tx.send(Some(start.elapsed()));
+            }
+            line.clear();
+        }
+        let _ = tx.send(None);
+    });
+    let mut to_init = None;
+    loop {
+        let left = BARE_BOOT_DEADLINE.saturating_sub(start.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(Some(at)) => to_init = Some(at),
+            Ok(None) => break,
+            Err(_) => bail!("bare QEMU boot did not finish within {BARE_BOOT_DEADLINE:?}"),
+        }
+    }
+    let status = qemu.0.wait()?;
+    let to_exit = start.elapsed();
+    match to_init {
+        Some(to_init) if status.success() => Ok(BareBoot { to_init, to_exit }),
+        Some(_) => bail!("bare QEMU exited with {status}"),
+        None => bail!("bare QEMU exited ({status}) without the init's output"),
+    }
+}
+
+fn boot_times(bench: &Bench) -> Result<()> {
+    let initrd = bare_initrd(bench)?;
+    let (mut bare_init, mut bare_exit, mut provium) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..bench.runs {
+        let bare = bare_boot(bench, &initrd)?;
+        bare_init.push(bare.to_init);
+        bare_exit.push(bare.to_exit);
+        let (took, mut vm) = timed(|| {
+            bench.boot(
+                &format!("boot{run}"),
+                bench.profile(""),
+                AgentChannel::VirtioSerial,
+            )
+        })?;
+        provium.push(took);
+        vm.shutdown();
+    }
+    println!("boot (cold: fresh run directory, combined initrd rebuilt each time)");
+    report("bare QEMU to /init output (baseline)", &bare_init, "");
+    report("bare QEMU to /init poweroff (QEMU exit)", &bare_exit, "");
+    report(
+        "provium cold boot to ready agent",
+        &provium,
+        &ratio(&provium, &bare_init, Some(BOOT_RATIO_TARGET)),
+    );
+    Ok(())
+}
+
+fn exec_true(vm: &Vm) -> Result<()> {
+    let out = vm.exec("true")?;
+    if !out.ok() {
+        bail!("exec(\"true\") exited {}", out.exit_code);
+    }
+    Ok(())
+}
+
+fn ping(vm: &Vm) -> Result<()> {
+    match vm
+        .link()
+        .call(MAIN_CHANNEL, &Request::Ping, vm.op_timeout())?
+    {
+        Response::Pong => Ok(()),
+        other => bail!("ping answered {other:?}"),
+    }
+}
+
+/// Round trips on one VM: `exec("true")` against `Ping` (the cheapest request: the
+/// channel and the agent's dispatch, no work), and the guest's own cost of starting
+/// a process from a shell, which is what `exec` adds on the agent's side.
+fn round_trips(bench: &Bench) -> Result<()> {
+    let vm = bench.boot("rtt", bench.profile(""), AgentChannel::VirtioSerial)?;
+    let spawn_loop = format!("i=0; while [ $i -lt {BATCH} ]; do /bin/true; i=$((i+1)); done");
+    let (mut exec, mut pings, mut guest_spawn) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..bench.runs {
+        exec.push(batch_mean(BATCH, || exec_true(&vm))?);
+        pings.push(batch_mean(BATCH, || ping(&vm))?);
+        let (took, out) = timed(|| Ok(vm.exec(&spawn_loop)?))?;
+        if !out.ok() {
+            bail!("the spawn loop exited {}", out.exit_code);
+        }
+        guest_spawn.push(took / BATCH);
+    }
+    println!("round trips over virtio-serial (mean of {BATCH} per run)");
+    report("ping (baseline: channel + agent dispatch)", &pings, "");
+    let exec_target = if median(&exec) <= EXEC_TARGET {
+        format!("target <= {}: met", show(EXEC_TARGET))
+    } else {
+        format!(
+            "target <= {}: MISSED by {}",
+            show(EXEC_TARGET),
+            show(median(&exec) - EXEC_TARGET)
+        )
+    };
+    report(
+        "exec(\"true\")",
+        &exec,
+        &format!("{}; {exec_target}", ratio(&exec, &pings, None)),
+    );
+    report(
+        "guest alone: sh runs /bin/true (per process)",
+        &guest_spawn,
+        "",
+    );
+    let agent_side = median(&exec).saturating_sub(median(&pings));
+    println!(
+        "  exec - ping = {} spent starting the shell in the guest; {} is the channel",
+        show(agent_side),
+        show(median(&pings))
+    );
+    drop(vm);
+    Ok(())
+}
+
+/// A pattern no layer could shortcut (not all zeros) and that shows misplaced bytes.
+fn payload() -> Vec<u8> {
+    (0..TRANSFER_BYTES)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+        .collect()
+}
+
+fn mb_per_s(d: Duration) -> f64 {
+    TRANSFER_BYTES as f64 / d.as_secs_f64() / 1e6
+}
+
+fn rate(samples: &[Duration]) -> String {
+    format!("{:.2} MB/s", mb_per_s(median(samples)))
+}
+
+/// Writes then reads back the payload; checks the bytes survived.
+fn transfer(vm: &Vm, data: &[u8]) -> Result<(Duration, Duration)> {
+    let path = "/tmp/bench.bin";
+    let (wrote, ()) = timed(|| Ok(vm.write_file(path, data)?))?;
+    let (read, back) = timed(|| Ok(vm.read_file(path)?))?;
+    if back != data {
+        bail!(
+            "VM {}: read_file returned {} bytes that differ from the {} written",
+            vm.name(),
+            back.len(),
+            data.len()
+        );
+    }
+    Ok((wrote, read))
+}
+
+/// 8 MiB each way over virtio-serial and over ttyS1 (virtio_console blacklisted, the
+/// way `tests/vm_boot.rs` forces the fallback), interleaved run by run.
+fn transfers(bench: &Bench) -> Result<()> {
+    let data = payload();
+    let virtio = bench.boot("xfer-virtio", bench.profile(""), AgentChannel::VirtioSerial)?;
+    let uart = bench.boot(
+        "xfer-uart",
+        bench.profile("module_blacklist=virtio_console"),
+        AgentChannel::Uart,
+    )?;
+    let (mut v_write, mut v_read, mut u_write, mut u_read) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut u_exec = Vec::new();
+    for _ in 0..bench.runs {
+        let (w, r) = transfer(&virtio, &data)?;
+        v_write.push(w);
+        v_read.push(r);
+        let (w, r) = transfer(&uart, &data)?;
+        u_write.push(w);
+        u_read.push(r);
+        u_exec.push(batch_mean(BATCH, || exec_true(&uart))?);
+    }
+    println!("8 MiB transfers (MB = 10^6 bytes; time per 8 MiB)");
+    report(
+        "write_file over ttyS1 (baseline: fallback)",
+        &u_write,
+        &rate(&u_write),
+    );
+    report(
+        "write_file over virtio-serial",
+        &v_write,
+        &format!(
+            "{}; {:.1}x the fallback",
+            rate(&v_write),
+            1.0 / ratio_of(&v_write, &u_write)
+        ),
+    );
+    report(
+        "read_file over ttyS1 (baseline: fallback)",
+        &u_read,
+        &rate(&u_read),
+    );
+    report(
+        "read_file over virtio-serial",
+        &v_read,
+        &format!(
+            "{}; {:.1}x the fallback",
+            rate(&v_read),
+            1.0 / ratio_of(&v_read, &u_read)
+        ),
+    );
+    report(
+        &format!("exec(\"true\") over ttyS1 (mean of {BATCH})"),
+        &u_exec,
+        "",
+    );
+    Ok(())
+}
