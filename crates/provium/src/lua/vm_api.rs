@@ -8,6 +8,8 @@
 //! still running: nothing outlives the file.
 
 use std::cell::{Cell, RefCell};
+use std::fs;
+use std::io::Write;
 use std::path::Path;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -220,17 +222,18 @@ impl FileVms {
             .collect()
     }
 
-    /// The file-end hook: kills every VM still running.
+    /// The file-end hook: ends every VM still running.
     fn kill_running(&self, ctx: Option<&FileContext>) {
         for handle in self.running() {
-            if let Some(mut vm) = handle.take_running(Ending::Killed) {
-                vm.kill();
-                if let Some(ctx) = ctx {
-                    ctx.log(&format!(
-                        "VM {} was still running when the file ended: killed\n",
-                        handle.name
-                    ));
-                }
+            let Some(vm) = handle.take_running(Ending::Killed) else {
+                continue;
+            };
+            let note = stop_vm(vm, Stop::Kill);
+            if let Some(ctx) = ctx {
+                ctx.log(&format!(
+                    "VM {} was still running when the file ended: {note}\n",
+                    handle.name
+                ));
             }
         }
     }
@@ -514,30 +517,65 @@ fn shutdown_all(lua: &Lua, (): ()) -> mlua::Result<()> {
                 .map(|vm| (h.name.clone(), vm))
         })
         .collect();
-    let outcomes: Vec<(String, ShutdownOutcome)> = std::thread::scope(|scope| {
+    let notes: Vec<(String, String)> = std::thread::scope(|scope| {
         let threads: Vec<_> = stopping
             .into_iter()
-            .map(|(name, mut vm)| scope.spawn(move || (name, vm.shutdown())))
+            .map(|(name, vm)| scope.spawn(move || (name, stop_vm(vm, Stop::Shutdown))))
             .collect();
         threads
             .into_iter()
             .filter_map(|t| t.join().ok())
             .collect()
     });
-    for (name, outcome) in outcomes {
-        ctx.log(&shutdown_note(&name, outcome));
+    for (name, note) in notes {
+        ctx.log(&format!("VM {name}: {note}\n"));
     }
     Ok(())
 }
 
-fn shutdown_note(name: &str, outcome: ShutdownOutcome) -> String {
-    match outcome {
-        ShutdownOutcome::PoweredOff => format!("VM {name}: powered off\n"),
-        ShutdownOutcome::Killed => {
-            format!("VM {name}: did not power off within the grace period: killed\n")
+/// How a VM is asked to end.
+#[derive(Clone, Copy)]
+enum Stop {
+    Shutdown,
+    Kill,
+}
+
+/// Ends `vm` and says how it went. A guest whose kernel panicked is left a moment to
+/// finish (it powers off by itself: panic=-1 with -no-reboot), and its console gets
+/// a closing line naming the panic: the kernel's trace outruns the console tail the
+/// report shows, and the panic line is the point.
+fn stop_vm(mut vm: Box<Vm>, stop: Stop) -> String {
+    let panic = vm.panic_line();
+    let note = match (stop, &panic) {
+        (Stop::Kill, None) => {
+            vm.kill();
+            "killed".to_string()
         }
-        ShutdownOutcome::AlreadyStopped => format!("VM {name}: already stopped\n"),
+        (_, Some(_)) | (Stop::Shutdown, None) => match vm.shutdown() {
+            ShutdownOutcome::PoweredOff if panic.is_some() => {
+                "its kernel panicked; QEMU exited".to_string()
+            }
+            ShutdownOutcome::PoweredOff => "powered off".to_string(),
+            ShutdownOutcome::Killed => format!(
+                "did not power off within {}s; killed",
+                crate::vm::SHUTDOWN_GRACE.as_secs()
+            ),
+            ShutdownOutcome::AlreadyStopped => "already stopped".to_string(),
+        },
+    };
+    if let Some(panic) = panic {
+        // QEMU has been reaped, so its console reader is done with the file.
+        let appended = fs::OpenOptions::new()
+            .append(true)
+            .open(vm.console_log())
+            .and_then(|mut log| {
+                writeln!(log, "provium: VM {}: the kernel panicked: {panic}", vm.name())
+            });
+        if let Err(e) = appended {
+            return format!("{note} (cannot note the panic in its console log: {e})");
+        }
     }
+    note
 }
 
 /// `vm:boot(opts)` after parsing.
@@ -817,9 +855,9 @@ fn mount_vfs(_: &Lua, this: &LuaVm, _: &[Value]) -> mlua::Result<MultiValue> {
 
 fn shutdown(lua: &Lua, this: &LuaVm, _: &[Value]) -> mlua::Result<MultiValue> {
     this.vm_only("shutdown").map_err(fail)?;
-    if let Some(mut vm) = this.handle.take_running(Ending::ShutDown) {
-        let outcome = vm.shutdown();
-        FileContext::of(lua)?.log(&shutdown_note(&this.handle.name, outcome));
+    if let Some(vm) = this.handle.take_running(Ending::ShutDown) {
+        let note = stop_vm(vm, Stop::Shutdown);
+        FileContext::of(lua)?.log(&format!("VM {}: {note}\n", this.handle.name));
     }
     Ok(MultiValue::new())
 }
@@ -829,9 +867,9 @@ fn shutdown(lua: &Lua, this: &LuaVm, _: &[Value]) -> mlua::Result<MultiValue> {
 fn kill(lua: &Lua, this: &LuaVm, _: &[Value]) -> mlua::Result<MultiValue> {
     match &this.worker {
         None => {
-            if let Some(mut vm) = this.handle.take_running(Ending::Killed) {
-                vm.kill();
-                FileContext::of(lua)?.log(&format!("VM {}: killed\n", this.handle.name));
+            if let Some(vm) = this.handle.take_running(Ending::Killed) {
+                let note = stop_vm(vm, Stop::Kill);
+                FileContext::of(lua)?.log(&format!("VM {}: {note}\n", this.handle.name));
             }
         }
         Some(worker) => {

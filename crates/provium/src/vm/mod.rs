@@ -432,6 +432,11 @@ impl Vm {
         self.running
     }
 
+    /// The kernel panic line, once the guest's console showed one.
+    pub fn panic_line(&self) -> Option<String> {
+        self.qemu.panic_line()
+    }
+
     /// Runs `cmd` with `/bin/sh -c`; a non-zero exit is a result, not an error.
     pub fn exec(&self, cmd: &str) -> Result<ExecOutput, VmError> {
         let request = Request::Exec {
