@@ -210,7 +210,7 @@ impl std::error::Error for AgentError {}
 /// `N bytes`, with the MiB figure people know the caps by when it is whole.
 fn size_text(bytes: u64) -> String {
     const MIB: u64 = 1 << 20;
-    if bytes >= MIB && bytes % MIB == 0 {
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{bytes} bytes ({} MiB)", bytes / MIB)
     } else {
         format!("{bytes} bytes")

@@ -159,7 +159,10 @@ fn a_kernel_panic_fails_its_file_at_once_and_spares_the_other() {
     let run = sandbox.provium(&["test", "-p", "2", "tests"]);
     run.expect_code(1);
     run.assert_stdout_contains("FAIL: 1 passed, 1 failed");
-    assert!(file_block(&run, "calm.lua").contains("calm.lua ... ok"), "{run}");
+    assert!(
+        file_block(&run, "calm.lua").contains("calm.lua ... ok"),
+        "{run}"
+    );
 
     let panic = file_block(&run, "panic.lua");
     assert!(panic.contains("· sysrq_crash ... FAIL: "), "{run}");

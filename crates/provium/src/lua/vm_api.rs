@@ -59,7 +59,7 @@ pub enum VmApiError {
     #[error(transparent)]
     Lua(#[from] mlua::Error),
     #[error("{error}{}", console_suffix(.error.console_tail()))]
-    Boot { error: BootError },
+    Boot { error: Box<BootError> },
     #[error("VM {vm}: boot: {reason}")]
     BootOption { vm: String, reason: String },
     #[error("VM {vm} is already running; shut it down before booting it again")]
@@ -76,7 +76,9 @@ pub enum VmApiError {
     NotOnWorker { worker: String, op: &'static str },
     #[error("{worker}: {op}: the worker was killed (worker:kill())")]
     WorkerKilled { worker: String, op: &'static str },
-    #[error("{subject}: write_file {path}: {size} bytes exceed the 16 MiB ({MAX_DATA}-byte) limit")]
+    #[error(
+        "{subject}: write_file {path}: {size} bytes exceed the 16 MiB ({MAX_DATA}-byte) limit"
+    )]
     TooLarge {
         subject: String,
         path: String,
@@ -267,6 +269,14 @@ struct Worker {
     killed: Cell<bool>,
 }
 
+/// What a syscall-shaped request (`syscall*`, `ioctl_buf`) answered: the raw result,
+/// the argument buffers after the call in argument order, the output sub-buffers.
+struct SyscallOutcome {
+    ret: i64,
+    bufs: Vec<Vec<u8>>,
+    outputs: Vec<Vec<u8>>,
+}
+
 /// The Lua userdata behind VM handles and workers.
 pub struct LuaVm {
     handle: Rc<VmHandle>,
@@ -347,15 +357,20 @@ impl LuaVm {
     }
 
     /// A syscall-shaped request; returns the result, the buffers and the outputs.
-    fn syscall(&self, request: Request) -> Result<(i64, Vec<Vec<u8>>, Vec<Vec<u8>>), VmApiError> {
+    fn syscall(&self, request: Request) -> Result<SyscallOutcome, VmApiError> {
         let op = request.op_name();
         match self.call(&request)? {
-            Response::Syscall { ret, bufs, outputs } => Ok((ret, bufs, outputs)),
+            Response::Syscall { ret, bufs, outputs } => Ok(SyscallOutcome { ret, bufs, outputs }),
             other => Err(self.unexpected(op, other)),
         }
     }
 
-    fn job_status(&self, lua: &Lua, request: &Request, timeout: Option<Duration>) -> mlua::Result<Table> {
+    fn job_status(
+        &self,
+        lua: &Lua,
+        request: &Request,
+        timeout: Option<Duration>,
+    ) -> mlua::Result<Table> {
         let op = request.op_name();
         match self.call_with_timeout(request, timeout).map_err(fail)? {
             Response::JobStatus {
@@ -462,9 +477,9 @@ fn field(lua: &Lua, this: &LuaVm, key: &Value) -> mlua::Result<Value> {
     Ok(match key.to_string_lossy().as_str() {
         "name" => Value::String(lua.create_string(&this.handle.name)?),
         "profile" => Value::String(lua.create_string(&this.handle.profile)?),
-        "running" => Value::Boolean(
-            this.handle.is_running() && !worker.is_some_and(|w| w.killed.get()),
-        ),
+        "running" => {
+            Value::Boolean(this.handle.is_running() && !worker.is_some_and(|w| w.killed.get()))
+        }
         "pid" => worker.map_or(Value::Nil, |w| Value::Integer(w.pid.into())),
         "channel" => worker.map_or(Value::Nil, |w| Value::Integer(w.channel.into())),
         _ => Value::Nil,
@@ -522,10 +537,7 @@ fn shutdown_all(lua: &Lua, (): ()) -> mlua::Result<()> {
             .into_iter()
             .map(|(name, vm)| scope.spawn(move || (name, stop_vm(vm, Stop::Shutdown))))
             .collect();
-        threads
-            .into_iter()
-            .filter_map(|t| t.join().ok())
-            .collect()
+        threads.into_iter().filter_map(|t| t.join().ok()).collect()
     });
     for (name, note) in notes {
         ctx.log(&format!("VM {name}: {note}\n"));
@@ -569,7 +581,11 @@ fn stop_vm(mut vm: Box<Vm>, stop: Stop) -> String {
             .append(true)
             .open(vm.console_log())
             .and_then(|mut log| {
-                writeln!(log, "provium: VM {}: the kernel panicked: {panic}", vm.name())
+                writeln!(
+                    log,
+                    "provium: VM {}: the kernel panicked: {panic}",
+                    vm.name()
+                )
             });
         if let Err(e) = appended {
             return format!("{note} (cannot note the panic in its console log: {e})");
@@ -605,7 +621,12 @@ fn boot_options(vm: &str, opts: Option<&Table>, root: &Path) -> Result<BootOptio
         let (key, value) = pair.map_err(|e| bad(e.to_string()))?;
         let key = match &key {
             Value::String(k) => k.to_string_lossy(),
-            other => return Err(bad(format!("option keys are names, not {}", args::describe(other)))),
+            other => {
+                return Err(bad(format!(
+                    "option keys are names, not {}",
+                    args::describe(other)
+                )))
+            }
         };
         match key.as_str() {
             "memory" => {
@@ -641,7 +662,9 @@ fn boot_options(vm: &str, opts: Option<&Table>, root: &Path) -> Result<BootOptio
                         host_path: root.join(host_path),
                     });
                 }
-                options.files.sort_by(|a, b| a.guest_path.cmp(&b.guest_path));
+                options
+                    .files
+                    .sort_by(|a, b| a.guest_path.cmp(&b.guest_path));
             }
             "disks" => {
                 let disks = args::table("boot", &value, "disks")?;
@@ -658,18 +681,23 @@ fn boot_options(vm: &str, opts: Option<&Table>, root: &Path) -> Result<BootOptio
                     let path = args::text("boot", &path, &format!("{what}.path"))?;
                     let format = match disk.get::<Value>("format")? {
                         Value::Nil => DiskFormat::Raw,
-                        value => match args::text("boot", &value, &format!("{what}.format"))?.as_str() {
-                            "raw" => DiskFormat::Raw,
-                            "qcow2" => DiskFormat::Qcow2,
-                            other => {
-                                return Err(bad(format!(
-                                    "{what}.format is '{other}'; use \"raw\" or \"qcow2\""
-                                )))
+                        value => {
+                            match args::text("boot", &value, &format!("{what}.format"))?.as_str() {
+                                "raw" => DiskFormat::Raw,
+                                "qcow2" => DiskFormat::Qcow2,
+                                other => {
+                                    return Err(bad(format!(
+                                        "{what}.format is '{other}'; use \"raw\" or \"qcow2\""
+                                    )))
+                                }
                             }
-                        },
+                        }
                     };
-                    let readonly =
-                        args::flag("boot", &disk.get::<Value>("readonly")?, &format!("{what}.readonly"))?;
+                    let readonly = args::flag(
+                        "boot",
+                        &disk.get::<Value>("readonly")?,
+                        &format!("{what}.readonly"),
+                    )?;
                     options.disks.push(Disk {
                         path: root.join(path),
                         format,
@@ -745,12 +773,17 @@ fn boot(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
                 ctx.register_console(console.to_path_buf());
             }
             ctx.log(&format!("VM {}: boot failed: {error}\n", handle.name));
-            Err(fail(VmApiError::Boot { error }))
+            Err(fail(VmApiError::Boot {
+                error: Box::new(error),
+            }))
         }
     }
 }
 
-fn exec_table(lua: &Lua, (exit_code, stdout, stderr): (i32, Vec<u8>, Vec<u8>)) -> mlua::Result<Table> {
+fn exec_table(
+    lua: &Lua,
+    (exit_code, stdout, stderr): (i32, Vec<u8>, Vec<u8>),
+) -> mlua::Result<Table> {
     let result = lua.create_table()?;
     result.set("ok", exit_code == 0)?;
     result.set("exit_code", exit_code)?;
@@ -879,7 +912,11 @@ fn kill(lua: &Lua, this: &LuaVm, _: &[Value]) -> mlua::Result<MultiValue> {
             let request = Request::WorkerKill {
                 channel: worker.channel,
             };
-            match this.handle.call(MAIN_CHANNEL, &request, None).map_err(fail)? {
+            match this
+                .handle
+                .call(MAIN_CHANNEL, &request, None)
+                .map_err(fail)?
+            {
                 Response::Done => {}
                 other => return Err(fail(this.unexpected("worker_kill", other))),
             }
@@ -896,14 +933,15 @@ fn syscall(_: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
     const OP: &str = "syscall";
     let nr = syscall_number(OP, a).map_err(fail)?;
     let argv = args::syscall_args(OP, a.get(1..).unwrap_or(&[]), &[]).map_err(fail)?;
-    let (ret, _, _) = this
+    let ret = this
         .syscall(Request::Syscall {
             nr,
             args: argv,
             bufs: Vec::new(),
             ptrs: Vec::new(),
         })
-        .map_err(fail)?;
+        .map_err(fail)?
+        .ret;
     Ok(returns([Value::Integer(ret)]))
 }
 
@@ -916,24 +954,22 @@ fn syscall_buf(_: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
         args::buffer_index(OP, arg(a, 1), "argument 2 (buffer index)", rest.len()).map_err(fail)?;
     let data = args::bytes(OP, arg(a, 2), "argument 3 (data)").map_err(fail)?;
     let argv = args::syscall_args(OP, rest, &[arg_idx]).map_err(fail)?;
-    let (ret, _, _) = this
+    let ret = this
         .syscall(Request::Syscall {
             nr,
             args: argv,
             bufs: vec![provium_proto::SyscallBuf { arg_idx, data }],
             ptrs: Vec::new(),
         })
-        .map_err(fail)?;
+        .map_err(fail)?
+        .ret;
     Ok(returns([Value::Integer(ret)]))
 }
 
 /// The result, then each buffer after the call, then each output sub-buffer.
-fn syscall_results(
-    lua: &Lua,
-    (ret, bufs, outputs): (i64, Vec<Vec<u8>>, Vec<Vec<u8>>),
-) -> mlua::Result<MultiValue> {
-    let mut values = vec![Value::Integer(ret)];
-    for bytes in bufs.iter().chain(&outputs) {
+fn syscall_results(lua: &Lua, outcome: SyscallOutcome) -> mlua::Result<MultiValue> {
+    let mut values = vec![Value::Integer(outcome.ret)];
+    for bytes in outcome.bufs.iter().chain(&outcome.outputs) {
         values.push(lua_bytes(lua, bytes)?);
     }
     Ok(returns(values))

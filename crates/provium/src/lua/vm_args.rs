@@ -130,14 +130,15 @@ pub fn bytes(op: &'static str, value: &Value, what: &str) -> Result<Vec<u8>, Arg
 /// A text string (commands, guest paths): must be UTF-8 to cross the protocol.
 pub fn text(op: &'static str, value: &Value, what: &str) -> Result<String, ArgError> {
     match value {
-        Value::String(s) => s.to_str().map(|s| s.to_string()).map_err(|_| {
-            ArgError::WrongType {
+        Value::String(s) => s
+            .to_str()
+            .map(|s| s.to_string())
+            .map_err(|_| ArgError::WrongType {
                 op,
                 what: what.to_string(),
                 expected: "UTF-8 text",
                 found: "a string with invalid UTF-8".to_string(),
-            }
-        }),
+            }),
         other => Err(wrong(op, what, "a string", other)),
     }
 }
@@ -350,7 +351,11 @@ pub fn ptr_patches(
                 value => count(op, &value, &format!("{what}.ptr_offset"))?,
             };
             let (data_len, data) = sized_data(op, spec, &what, "data_len", 3, 4)?;
-            let output = flag(op, &field(op, spec, "output", 5)?, &format!("{what}.output"))?;
+            let output = flag(
+                op,
+                &field(op, spec, "output", 5)?,
+                &format!("{what}.output"),
+            )?;
             Ok(PtrPatch {
                 buf_idx,
                 ptr_offset,
@@ -379,7 +384,11 @@ pub fn ioctl_ptrs(op: &'static str, specs: &Table) -> Result<Vec<IoctlPtr>, ArgE
                 value => count(op, &value, &format!("{what}.ptr_offset"))?,
             };
             let (buf_len, data) = sized_data(op, spec, &what, "buf_len", 2, 3)?;
-            let output = flag(op, &field(op, spec, "output", 4)?, &format!("{what}.output"))?;
+            let output = flag(
+                op,
+                &field(op, spec, "output", 4)?,
+                &format!("{what}.output"),
+            )?;
             Ok(IoctlPtr {
                 ptr_offset,
                 buf_len,
@@ -406,7 +415,10 @@ mod tests {
     #[test]
     fn integers_are_exact_and_floats_must_be_whole() {
         let lua = Lua::new();
-        let v = values(&lua, "return -1, 9007199254740993, 3.0, 1.5, 'x', math.mininteger");
+        let v = values(
+            &lua,
+            "return -1, 9007199254740993, 3.0, 1.5, 'x', math.mininteger",
+        );
         assert_eq!(integer("syscall", &v[0], "a"), Ok(-1));
         assert_eq!(integer("syscall", &v[1], "a"), Ok(9007199254740993));
         assert_eq!(integer("syscall", &v[2], "a"), Ok(3));
@@ -416,7 +428,10 @@ mod tests {
         );
         assert!(integer("syscall", &v[4], "a").is_err());
         assert_eq!(integer("syscall", &v[5], "a"), Ok(i64::MIN));
-        assert!(count("x", &v[0], "n").unwrap_err().to_string().contains("negative"));
+        assert!(count("x", &v[0], "n")
+            .unwrap_err()
+            .to_string()
+            .contains("negative"));
     }
 
     #[test]
@@ -429,15 +444,22 @@ mod tests {
         );
         let seven = values(&lua, "return 1, 2, 3, 4, 5, 6, 7");
         assert_eq!(
-            syscall_args("syscall", &seven, &[]).unwrap_err().to_string(),
+            syscall_args("syscall", &seven, &[])
+                .unwrap_err()
+                .to_string(),
             "syscall: 7 syscall arguments given; a syscall takes at most 6"
         );
         let three = values(&lua, "return 1, 0, 1");
-        let error = syscall_args("syscall_buf", &three, &[3]).unwrap_err().to_string();
+        let error = syscall_args("syscall_buf", &three, &[3])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("index 3"), "{error}");
         assert!(error.contains("indices 0 to 2"), "{error}");
         let bad = values(&lua, "return 1, 'x'");
-        assert!(syscall_args("syscall", &bad, &[]).unwrap_err().to_string().contains("argument 1"));
+        assert!(syscall_args("syscall", &bad, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("argument 1"));
         // The placeholder at a buffer index may be anything.
         assert!(syscall_args("syscall_buf", &bad, &[1]).is_ok());
     }
@@ -447,12 +469,18 @@ mod tests {
         let lua = Lua::new();
         let t = table_of(&lua, "return { [2] = 'b', [0] = 'a' }");
         let bufs = buffers("syscall_bufs", &t, 3).unwrap();
-        assert_eq!(bufs.iter().map(|b| b.arg_idx).collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(
+            bufs.iter().map(|b| b.arg_idx).collect::<Vec<_>>(),
+            vec![0, 2]
+        );
         assert_eq!(bufs[1].data, b"b");
         let error = buffers("syscall_bufs", &t, 2).unwrap_err().to_string();
         assert!(error.contains("index 2"), "{error}");
         let negative = table_of(&lua, "return { [-1] = 'a' }");
-        assert!(buffers("syscall_bufs", &negative, 3).unwrap_err().to_string().contains("index -1"));
+        assert!(buffers("syscall_bufs", &negative, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("index -1"));
         let not_bytes = table_of(&lua, "return { [0] = 5 }");
         assert!(buffers("syscall_bufs", &not_bytes, 3).is_err());
     }
@@ -475,13 +503,26 @@ mod tests {
         assert_eq!(ptrs[0].data, b"abc");
         assert!(!ptrs[0].output);
         assert_eq!(
-            (ptrs[1].buf_idx, ptrs[1].ptr_offset, ptrs[1].data_len, ptrs[1].output),
+            (
+                ptrs[1].buf_idx,
+                ptrs[1].ptr_offset,
+                ptrs[1].data_len,
+                ptrs[1].output
+            ),
             (1, 16, 4, true)
         );
-        assert_eq!(ptrs[2].data_len, 2, "data_len defaults to the data's length");
+        assert_eq!(
+            ptrs[2].data_len, 2,
+            "data_len defaults to the data's length"
+        );
 
-        let wrong_buf = table_of(&lua, "return { { buf_idx = 2, ptr_offset = 0, data_len = 1 } }");
-        let error = ptr_patches("syscall_ptr", &wrong_buf, &bufs).unwrap_err().to_string();
+        let wrong_buf = table_of(
+            &lua,
+            "return { { buf_idx = 2, ptr_offset = 0, data_len = 1 } }",
+        );
+        let error = ptr_patches("syscall_ptr", &wrong_buf, &bufs)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("buf_idx 2"), "{error}");
         assert!(error.contains("argument 1"), "{error}");
         let no_len = table_of(&lua, "return { { buf_idx = 1, ptr_offset = 0 } }");
@@ -501,7 +542,10 @@ mod tests {
             "return { { ptr_offset = 8, buf_len = 160, output = true }, { 16, 2, 'hi' } }",
         );
         let specs = ioctl_ptrs("ioctl_buf", &t).unwrap();
-        assert_eq!((specs[0].ptr_offset, specs[0].buf_len, specs[0].output), (8, 160, true));
+        assert_eq!(
+            (specs[0].ptr_offset, specs[0].buf_len, specs[0].output),
+            (8, 160, true)
+        );
         assert_eq!((specs[1].ptr_offset, specs[1].buf_len), (16, 2));
         assert_eq!(specs[1].data, b"hi");
         let bad = table_of(&lua, "return { { ptr_offset = 'x', buf_len = 1 } }");

@@ -90,7 +90,7 @@ fn index(lua: &Lua, bytes: &Rc<[u8]>, key: Value) -> mlua::Result<Value> {
         "trim" => {
             let this = Rc::clone(bytes);
             Value::Function(lua.create_function(move |lua, args: MultiValue| {
-            dot_args(args, 0);
+                dot_args(args, 0);
                 lua.create_string(this.trim_ascii())
             })?)
         }
@@ -177,20 +177,59 @@ mod tests {
     #[test]
     fn wrappers_behave_like_their_string() {
         let text = b"  hello world  ";
-        check(text, "return function(w) return w.contains('lo wo') and not w.contains('x') end");
-        check(text, "return function(w) return w.starts_with('  hel') and w.ends_with('  ') end");
-        check(text, "return function(w) return w.trim() == 'hello world' end");
-        check(text, "return function(w) return w:trim() == 'hello world' and w:contains('hello') end");
-        check(text, "return function(w) return tostring(w) == '  hello world  ' end");
-        check(text, "return function(w) return w .. '!' == '  hello world  !' end");
-        check(text, "return function(w) return '>' .. w == '>  hello world  ' end");
-        check(text, "return function(w) return 1 .. w == '1  hello world  ' end");
-        check(text, "return function(w) return #w == 15 and w.value == '  hello world  ' end");
-        check(text, "return function(w) return w:match('(%a+) world') == 'hello' end");
+        check(
+            text,
+            "return function(w) return w.contains('lo wo') and not w.contains('x') end",
+        );
+        check(
+            text,
+            "return function(w) return w.starts_with('  hel') and w.ends_with('  ') end",
+        );
+        check(
+            text,
+            "return function(w) return w.trim() == 'hello world' end",
+        );
+        check(
+            text,
+            "return function(w) return w:trim() == 'hello world' and w:contains('hello') end",
+        );
+        check(
+            text,
+            "return function(w) return tostring(w) == '  hello world  ' end",
+        );
+        check(
+            text,
+            "return function(w) return w .. '!' == '  hello world  !' end",
+        );
+        check(
+            text,
+            "return function(w) return '>' .. w == '>  hello world  ' end",
+        );
+        check(
+            text,
+            "return function(w) return 1 .. w == '1  hello world  ' end",
+        );
+        check(
+            text,
+            "return function(w) return #w == 15 and w.value == '  hello world  ' end",
+        );
+        check(
+            text,
+            "return function(w) return w:match('(%a+) world') == 'hello' end",
+        );
         check(text, "return function(w) return w:sub(3, 7) == 'hello' and w:upper() == '  HELLO WORLD  ' end");
-        check(text, "return function(w) return w.nonexistent_key == nil end");
-        check(b"a\0b\xff", "return function(w) return w.value == 'a\\0b\\255' and #w == 4 end");
-        check(b"", "return function(w) return w.contains('') and w.trim() == '' end");
+        check(
+            text,
+            "return function(w) return w.nonexistent_key == nil end",
+        );
+        check(
+            b"a\0b\xff",
+            "return function(w) return w.value == 'a\\0b\\255' and #w == 4 end",
+        );
+        check(
+            b"",
+            "return function(w) return w.contains('') and w.trim() == '' end",
+        );
     }
 
     #[test]
@@ -199,7 +238,10 @@ mod tests {
         let error = eval_with_wrapper(&lua, b"x", "return function(w) return w .. {} end")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("attempt to concatenate a table value"), "{error}");
+        assert!(
+            error.contains("attempt to concatenate a table value"),
+            "{error}"
+        );
     }
 
     #[test]

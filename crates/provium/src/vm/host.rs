@@ -133,12 +133,18 @@ mod tests {
         let boot = from_config(&minimal());
         assert_eq!(boot.init, "/sbin/init");
         assert_eq!(boot.append, "");
-        assert_eq!(boot.initrd.as_deref(), Some(std::path::Path::new("/p/root.cpio")));
+        assert_eq!(
+            boot.initrd.as_deref(),
+            Some(std::path::Path::new("/p/root.cpio"))
+        );
         let mut custom = minimal();
         custom.init = Some("none".into());
         custom.append = Some("quiet".into());
         let boot = from_config(&custom);
-        assert_eq!((boot.init.as_str(), boot.append.as_str()), ("none", "quiet"));
+        assert_eq!(
+            (boot.init.as_str(), boot.append.as_str()),
+            ("none", "quiet")
+        );
     }
 
     #[test]
