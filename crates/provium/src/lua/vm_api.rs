@@ -1154,3 +1154,203 @@ fn wait_until(lua: &Lua) -> mlua::Result<Function> {
         .set_name("=provium wait_until")
         .call((now, sleep))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::TestFile;
+    use crate::report::FileStatus;
+    use crate::runs::{RunContext, RunDir};
+    use crate::schedule::pool::{Pool, PoolMode};
+    use std::path::PathBuf;
+
+    #[test]
+    fn boot_options_parse_with_defaults_and_project_relative_paths() {
+        let lua = Lua::new();
+        let root = Path::new("/project");
+        assert_eq!(
+            boot_options("a.lua#1", None, root).unwrap(),
+            BootOptions {
+                memory_mib: 512,
+                cpus: 1,
+                files: Vec::new(),
+                disks: Vec::new(),
+            }
+        );
+        let opts: Table = lua
+            .load(
+                r#"return { memory = "2G", cpus = 2,
+                    files = { ["/etc/b"] = "rel/b", ["/etc/a"] = "/abs/a" },
+                    disks = { { "d.img", format = "qcow2", readonly = true }, { path = "/e.img" } } }"#,
+            )
+            .eval()
+            .unwrap();
+        let parsed = boot_options("a.lua#1", Some(&opts), root).unwrap();
+        assert_eq!((parsed.memory_mib, parsed.cpus), (2048, 2));
+        assert_eq!(
+            parsed.files,
+            vec![
+                InjectedFile {
+                    guest_path: "/etc/a".into(),
+                    host_path: "/abs/a".into()
+                },
+                InjectedFile {
+                    guest_path: "/etc/b".into(),
+                    host_path: "/project/rel/b".into()
+                },
+            ]
+        );
+        assert_eq!(
+            parsed.disks,
+            vec![
+                Disk {
+                    path: "/project/d.img".into(),
+                    format: DiskFormat::Qcow2,
+                    readonly: true
+                },
+                Disk {
+                    path: "/e.img".into(),
+                    format: DiskFormat::Raw,
+                    readonly: false
+                },
+            ]
+        );
+        let memory_as_mib: Table = lua.load("return { memory = 384 }").eval().unwrap();
+        assert_eq!(
+            boot_options("v", Some(&memory_as_mib), root)
+                .unwrap()
+                .memory_mib,
+            384
+        );
+    }
+
+    #[test]
+    fn bad_boot_options_name_the_vm_and_the_option() {
+        let lua = Lua::new();
+        let cases = [
+            (
+                "{ memroy = '1G' }",
+                "VM v: boot: unknown option 'memroy' (known options: memory, cpus, files, disks)",
+            ),
+            ("{ memory = '1T' }", "invalid size '1T'"),
+            ("{ cpus = 0 }", "cpus must be at least 1"),
+            (
+                "{ files = { ['etc/x'] = 'x' } }",
+                "guest path 'etc/x' must be absolute",
+            ),
+            (
+                "{ disks = { { 'd.img', format = 'vmdk' } } }",
+                "disks[1].format is 'vmdk'",
+            ),
+            (
+                "{ disks = { { readonly = true } } }",
+                "disks[1] has no path",
+            ),
+            ("{ disks = 'd.img' }", "disks must be a table, not a string"),
+        ];
+        for (code, expected) in cases {
+            let opts: Table = lua.load(format!("return {code}")).eval().unwrap();
+            let error = boot_options("v", Some(&opts), Path::new("/p"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{code}: {error}");
+        }
+    }
+
+    #[test]
+    fn boot_errors_carry_the_console_tail() {
+        let error = VmApiError::Boot {
+            error: Box::new(BootError::Timeout {
+                vm: "a.lua#1".into(),
+                timeout: Duration::from_secs(30),
+                console_log: "/r/vm1/console.log".into(),
+                console_tail: "[ 0.1] Linux version\n[ 0.2] stuck\n".into(),
+            }),
+        };
+        assert_eq!(
+            error.to_string(),
+            "VM a.lua#1: the agent did not answer within 30s (boot timeout)\n\
+             last console lines:\n[ 0.1] Linux version\n[ 0.2] stuck"
+        );
+        let failed = VmApiError::CommandFailed {
+            exit_code: 4,
+            cmd: "cat /x".into(),
+            stderr: "cat: /x: No such file\n".into(),
+        };
+        assert_eq!(
+            failed.to_string(),
+            "command failed (exit 4): cat /x\ncat: /x: No such file"
+        );
+    }
+
+    /// Runs `script` as a test file with the VM API installed; no VM is booted.
+    fn run_script(script: &str) -> crate::report::FileReport {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.lua");
+        fs::write(&path, script).unwrap();
+        let run = Arc::new(RunContext {
+            run_dir: RunDir::create(&dir.path().join("runs")).unwrap(),
+            test_root: dir.path().to_path_buf(),
+            config: crate::config::Config::empty(dir.path()),
+            project_root: dir.path().to_path_buf(),
+            pool: Pool::new(PoolMode::Auto),
+            vm_host: Default::default(),
+        });
+        let file = TestFile {
+            name: "vm.lua".into(),
+            path: PathBuf::from(&path),
+        };
+        super::super::run_file_with(run, &file, 0, &[super::super::pack::install, install])
+    }
+
+    #[test]
+    fn handles_without_a_boot_explain_themselves() {
+        let report = run_script(
+            r#"
+            local vm = provium.create()
+            assert_eq("vm.lua#1", vm.name)
+            assert_eq("default", vm.profile)
+            assert_eq(false, vm.running)
+            assert_eq(nil, vm.pid)
+            assert_eq("VM vm.lua#1", tostring(vm))
+            local ok, err = pcall(vm.exec, vm, "true")
+            assert_contains(err, "VM vm.lua#1: exec: the VM is not booted (call vm:boot() first)")
+            ok, err = pcall(vm.spawn, vm)
+            assert_contains(err, "VM vm.lua#1: spawn: the VM is not booted")
+            ok, err = pcall(provium.create, "nosuch")
+            assert_contains(err, "unknown profile 'nosuch'; known profiles: default")
+            ok, err = pcall(provium.create, 5)
+            assert_contains(err, "create: argument 1 (profile name) must be a string")
+            ok, err = pcall(vm.exec, "true")
+            assert_contains(err, "exec: call it as a method, vm:exec(...) with a colon")
+            ok, err = pcall(vm.boot, vm, { memroy = "1G" })
+            assert_contains(err, "unknown option 'memroy'")
+            ok, err = pcall(vm.syscall_buf, vm, 1, 3, "x", 1, 0, 1)
+            assert_contains(err, "buffer index 3 is outside the argument list")
+            -- Stopping what never ran is a no-op.
+            vm:kill()
+            vm:shutdown()
+            provium.shutdown_all()
+            assert_eq("VM vm.lua#2", tostring(provium.create()))
+
+            local calls = 0
+            assert_eq(3, vm:wait_until(function()
+              calls = calls + 1
+              return calls >= 3 and calls
+            end, { interval = 0.001 }))
+            ok, err = pcall(vm.wait_until, vm, function() return false end,
+              { timeout = 0.05, interval = 0.01, desc = "never" })
+            assert_contains(err, "wait_until: never not met within 0.05s")
+            ok, err = pcall(vm.wait_until, vm, function() error("inner") end)
+            assert_contains(err, "vm.lua:")
+            assert_contains(err, ": inner")
+            ok, err = pcall(vm.wait_until, vm, 5)
+            assert_contains(err, "wait_until: argument 1 must be a function")
+            ok, err = pcall(vm.wait_until, vm, function() end, { interval = 0 })
+            assert_contains(err, "interval must be a positive number of seconds")
+            "#,
+        );
+        assert_eq!(report.status, FileStatus::Passed, "{report:?}");
+        assert_eq!(report.console_tail, None);
+    }
+}
