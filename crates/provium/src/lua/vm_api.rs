@@ -29,6 +29,7 @@ use crate::schedule::pool::{parse_size_mib, PoolError};
 use crate::shim::InjectedFile;
 use crate::vm::accel::{Accel, AccelError};
 use crate::vm::host::{self, ProfileError};
+use crate::vm::link::LinkError;
 use crate::vm::qemu::DiskFormat;
 use crate::vm::{BootError, Disk, ShutdownOutcome, Vm, VmConfig, VmError};
 
@@ -66,11 +67,11 @@ pub enum VmApiError {
     AlreadyRunning { vm: String },
     #[error("VM {vm}: {op}: the VM is not booted (call vm:boot() first)")]
     NotBooted { vm: String, op: &'static str },
-    #[error("VM {vm}: {op}: the VM was {how}")]
+    #[error("VM {vm}: {op}: the VM {how}")]
     Ended {
         vm: String,
         op: &'static str,
-        how: &'static str,
+        how: String,
     },
     #[error("{worker}: {op} is not available on a worker (a worker lives and ends with its VM; end it with worker:kill())")]
     NotOnWorker { worker: String, op: &'static str },
@@ -131,18 +132,32 @@ fn fail(error: impl Into<VmApiError>) -> mlua::Error {
 }
 
 /// How a VM stopped running.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Ending {
     ShutDown,
     Killed,
+    /// The guest stopped answering (QEMU exited, kernel panic, agent died).
+    Died(String),
 }
 
 impl Ending {
-    fn describe(self) -> &'static str {
+    fn describe(&self) -> String {
         match self {
-            Ending::ShutDown => "shut down (vm:shutdown())",
-            Ending::Killed => "killed (vm:kill(), or its file ended)",
+            Ending::ShutDown => "was shut down (vm:shutdown())".to_string(),
+            Ending::Killed => "was killed (vm:kill(), or its file ended)".to_string(),
+            Ending::Died(reason) => format!("died earlier: {reason}"),
         }
+    }
+}
+
+/// Why `error` means the VM can no longer answer at all, if it does. A deadline
+/// passing is not such a sign: the command may just be slow.
+fn death_reason(error: &VmError) -> Option<String> {
+    match error {
+        VmError::Died { reason, .. } => Some(reason.clone()),
+        VmError::Link(LinkError::VmDead { reason, .. })
+        | VmError::Link(LinkError::Disconnected { reason, .. }) => Some(reason.clone()),
+        _ => None,
     }
 }
 
@@ -191,7 +206,18 @@ impl VmHandle {
             }
         };
         let timeout = timeout.unwrap_or_else(|| vm.op_timeout());
-        Ok(vm.call_channel(channel, request, timeout)?)
+        let result = vm.call_channel(channel, request, timeout);
+        drop(state);
+        result.map_err(|error| {
+            // A dead guest is ended now, so its resources return to the pool before
+            // the file goes on (perhaps to boot another VM).
+            if let Some(reason) = death_reason(&error) {
+                if let Some(vm) = self.take_running(Ending::Died(reason)) {
+                    stop_vm(vm, Stop::Kill);
+                }
+            }
+            error.into()
+        })
     }
 
     /// Takes the VM out of the handle, leaving `ending`; `None` when it was not running.
