@@ -138,6 +138,8 @@ enum Ending {
     Killed,
     /// The guest stopped answering (QEMU exited, kernel panic, agent died).
     Died(String),
+    /// Taken out by [`take_last_running`] (a fixture script's VM, to snapshot).
+    HandedOver,
 }
 
 impl Ending {
@@ -146,6 +148,7 @@ impl Ending {
             Ending::ShutDown => "was shut down (vm:shutdown())".to_string(),
             Ending::Killed => "was killed (vm:kill(), or its file ended)".to_string(),
             Ending::Died(reason) => format!("died earlier: {reason}"),
+            Ending::HandedOver => "was handed over to be snapshotted".to_string(),
         }
     }
 }
@@ -522,6 +525,34 @@ fn returns(values: impl IntoIterator<Item = Value>) -> MultiValue {
 
 fn lua_bytes(lua: &Lua, bytes: &[u8]) -> mlua::Result<Value> {
     lua.create_string(bytes).map(Value::String)
+}
+
+/// Gives a booted `vm` (e.g. one resumed from a fixture snapshot) a handle in the
+/// running file: its console is registered for the report and the log, and the file
+/// ends it like any VM it created. `profile` is what `vm.profile` reads.
+pub fn adopt(lua: &Lua, vm: Vm, profile: &str) -> mlua::Result<AnyUserData> {
+    let ctx = FileContext::of(lua)?;
+    let vms = file_vms(lua, &ctx)?;
+    ctx.register_console(vm.console_log().to_path_buf());
+    let handle = Rc::new(VmHandle {
+        name: vm.name().to_string(),
+        profile: profile.to_string(),
+        state: RefCell::new(VmState::Running(Box::new(vm))),
+    });
+    vms.handles.borrow_mut().push(Rc::clone(&handle));
+    lua.create_any_userdata(LuaVm {
+        handle,
+        worker: None,
+    })
+}
+
+/// The most recently created VM of the running file, taken out of its handle if it
+/// is still running (a fixture script's VM, to snapshot); its handle then raises
+/// "was handed over" on use.
+pub fn take_last_running(lua: &Lua) -> Option<Vm> {
+    let vms = Rc::clone(&*lua.app_data_ref::<Rc<FileVms>>()?);
+    let last = vms.handles.borrow().last().cloned()?;
+    last.take_running(Ending::HandedOver).map(|vm| *vm)
 }
 
 fn create(lua: &Lua, profile: Value) -> mlua::Result<AnyUserData> {
