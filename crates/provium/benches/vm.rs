@@ -286,10 +286,40 @@ fn transfers(bench: &Bench) -> Result<()> {
     println!("8 MiB transfers (MB = 10^6 bytes; time per 8 MiB)");
     report("write_file over virtio-serial", &v_write, &rate(&v_write));
     report("read_file over virtio-serial", &v_read, &rate(&v_read));
+    let good = if uart_failure.is_some() {
+        format!(" ({} good runs)", u_write.len())
+    } else {
+        String::new()
+    };
+    if !u_write.is_empty() {
+        report(
+            &format!("write_file over ttyS1 (fallback){good}"),
+            &u_write,
+            &format!(
+                "{}; virtio-serial is {:.1}x faster",
+                rate(&u_write),
+                ratio_of(&u_write, &v_write)
+            ),
+        );
+        report(
+            &format!("read_file over ttyS1 (fallback){good}"),
+            &u_read,
+            &format!(
+                "{}; virtio-serial is {:.1}x faster",
+                rate(&u_read),
+                ratio_of(&u_read, &v_read)
+            ),
+        );
+        report(
+            &format!("exec(\"true\") over ttyS1 (mean of {BATCH}){good}"),
+            &u_exec,
+            "",
+        );
+    }
     if let Some(error) = uart_failure {
         println!(
-            "  ttyS1 fallback FAILED after {} good runs: {error:#}",
-            u_write.len()
+            "  ttyS1 fallback FAILED in run {}: {error:#}",
+            u_write.len() + 1
         );
         let console = fs::read_to_string(uart.console_log()).unwrap_or_default();
         for line in console.lines().filter(|l| l.contains("provium-agent")) {
@@ -297,29 +327,6 @@ fn transfers(bench: &Bench) -> Result<()> {
         }
         return Ok(());
     }
-    report(
-        "write_file over ttyS1 (fallback)",
-        &u_write,
-        &format!(
-            "{}; virtio-serial is {:.1}x faster",
-            rate(&u_write),
-            ratio_of(&u_write, &v_write)
-        ),
-    );
-    report(
-        "read_file over ttyS1 (fallback)",
-        &u_read,
-        &format!(
-            "{}; virtio-serial is {:.1}x faster",
-            rate(&u_read),
-            ratio_of(&u_read, &v_read)
-        ),
-    );
-    report(
-        &format!("exec(\"true\") over ttyS1 (mean of {BATCH})"),
-        &u_exec,
-        "",
-    );
     // The guest's own count of bytes received and lost (overruns) on ttyS1.
     let serial = uart.exec("cat /proc/tty/driver/serial")?;
     for line in String::from_utf8_lossy(&serial.stdout).lines() {
