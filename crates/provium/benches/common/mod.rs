@@ -16,6 +16,10 @@ use provium::vm::accel::{self, Accel};
 use provium::vm::default_profile::{self, DefaultProfile};
 use provium::vm::{AgentChannel, BootProfile, Vm, VmConfig};
 
+/// Any single agent operation of a benchmark that takes longer is stuck: the slowest
+/// measured here, 8 MiB written over the ttyS1 fallback under load, took about 200 s.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(360);
+
 /// Fewer runs than this make a median meaningless on a noisy machine.
 pub const MIN_RUNS: usize = 5;
 
@@ -85,6 +89,7 @@ impl Bench {
         let mut config = VmConfig::new(name, profile, &run_dir);
         config.qemu = self.qemu.clone();
         config.use_kvm = self.accel == Accel::Kvm;
+        config.op_timeout = OP_TIMEOUT;
         let vm = Vm::boot(config, None)
             .map_err(|e| anyhow::anyhow!("{e}\n{}", e.console_tail().unwrap_or_default()))?;
         if vm.channel() != expect {
