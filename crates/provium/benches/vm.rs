@@ -26,15 +26,36 @@ const BARE_BOOT_DEADLINE: Duration = Duration::from_secs(120);
 /// Round trips per timed batch.
 const BATCH: u32 = 20;
 const TRANSFER_BYTES: usize = 8 << 20;
+/// The guest's per-UART counters: bytes received, and overruns when non-zero.
+const SERIAL_COUNTERS: &str = "/proc/tty/driver/serial";
 /// SPEC targets.
 const BOOT_RATIO_TARGET: f64 = 1.2;
 const EXEC_TARGET: Duration = Duration::from_millis(20);
 
+/// The sections, in order; `BENCH_SECTIONS` (comma-separated names) selects some.
+const SECTIONS: [(&str, fn(&Bench) -> Result<()>); 3] = [
+    ("boot", boot_times),
+    ("round-trips", round_trips),
+    ("transfers", transfers),
+];
+
 fn main() -> Result<()> {
+    let wanted = std::env::var("BENCH_SECTIONS").unwrap_or_default();
+    let wanted: Vec<&str> = wanted.split(',').filter(|w| !w.is_empty()).collect();
+    if let Some(unknown) = wanted
+        .iter()
+        .find(|w| !SECTIONS.iter().any(|(name, _)| name == *w))
+    {
+        bail!(
+            "BENCH_SECTIONS: unknown section '{unknown}' (sections: boot, round-trips, transfers)"
+        );
+    }
     let bench = Bench::new("vm")?;
-    boot_times(&bench)?;
-    round_trips(&bench)?;
-    transfers(&bench)?;
+    for (name, section) in SECTIONS {
+        if wanted.is_empty() || wanted.contains(&name) {
+            section(&bench)?;
+        }
+    }
     Ok(())
 }
 
@@ -261,6 +282,11 @@ fn transfers(bench: &Bench) -> Result<()> {
         bench.profile("module_blacklist=virtio_console"),
         AgentChannel::Uart,
     )?;
+    // The guest's ttyS1 counters on the console every few seconds: if a transfer
+    // stalls, they show whether bytes were lost (`bo`, `oe`) or are still arriving.
+    uart.exec(&format!(
+        "(while sleep 5; do grep '^1:' {SERIAL_COUNTERS} > /dev/console; done) >/dev/null 2>&1 &"
+    ))?;
     let (mut v_write, mut v_read, mut u_write, mut u_read) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut u_exec = Vec::new();
@@ -325,10 +351,14 @@ fn transfers(bench: &Bench) -> Result<()> {
         for line in console.lines().filter(|l| l.contains("provium-agent")) {
             println!("    console: {line}");
         }
+        let counters: Vec<&str> = console.lines().filter(|l| l.starts_with("1:")).collect();
+        for line in &counters[counters.len().saturating_sub(2)..] {
+            println!("    guest ttyS1 counters (latest): {line}");
+        }
         return Ok(());
     }
     // The guest's own count of bytes received and lost (overruns) on ttyS1.
-    let serial = uart.exec("cat /proc/tty/driver/serial")?;
+    let serial = uart.exec(&format!("cat {SERIAL_COUNTERS}"))?;
     for line in String::from_utf8_lossy(&serial.stdout).lines() {
         if line.starts_with("1:") {
             println!("  guest ttyS1 counters: {line}");
