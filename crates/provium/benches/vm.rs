@@ -32,8 +32,10 @@ const SERIAL_COUNTERS: &str = "/proc/tty/driver/serial";
 const BOOT_RATIO_TARGET: f64 = 1.2;
 const EXEC_TARGET: Duration = Duration::from_millis(20);
 
+type Section = fn(&Bench) -> Result<()>;
+
 /// The sections, in order; `BENCH_SECTIONS` (comma-separated names) selects some.
-const SECTIONS: [(&str, fn(&Bench) -> Result<()>); 3] = [
+const SECTIONS: [(&str, Section); 3] = [
     ("boot", boot_times),
     ("round-trips", round_trips),
     ("transfers", transfers),
