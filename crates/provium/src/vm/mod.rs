@@ -11,6 +11,7 @@ pub mod initrd;
 pub mod kernel;
 pub mod link;
 pub mod qemu;
+pub mod snapshot;
 
 use std::any::Any;
 use std::fs;
@@ -28,6 +29,7 @@ use initrd::InitrdError;
 use kernel::KernelError;
 use link::{Link, LinkError, Liveness};
 use qemu::{ConnectError, DiskFormat, Drive, LaunchSpec, Qemu, QemuError};
+use snapshot::{MigrationError, Origin};
 
 /// Boot deadline from QEMU launch to a ready agent (SPEC §3).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -183,6 +185,15 @@ pub enum BootError {
         console_log: PathBuf,
         console_tail: String,
     },
+    #[error("VM {vm}: cannot resume from {snapshot}: {source}")]
+    Resume {
+        vm: String,
+        snapshot: PathBuf,
+        #[source]
+        source: Box<MigrationError>,
+        console_log: PathBuf,
+        console_tail: String,
+    },
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -201,7 +212,8 @@ impl BootError {
             | BootError::KernelPanic { console_log, .. }
             | BootError::Timeout { console_log, .. }
             | BootError::Socket { console_log, .. }
-            | BootError::Handshake { console_log, .. } => Some(console_log),
+            | BootError::Handshake { console_log, .. }
+            | BootError::Resume { console_log, .. } => Some(console_log),
             _ => None,
         }
     }
@@ -213,7 +225,8 @@ impl BootError {
             | BootError::KernelPanic { console_tail, .. }
             | BootError::Timeout { console_tail, .. }
             | BootError::Socket { console_tail, .. }
-            | BootError::Handshake { console_tail, .. } => Some(console_tail),
+            | BootError::Handshake { console_tail, .. }
+            | BootError::Resume { console_tail, .. } => Some(console_tail),
             _ => None,
         }
     }
@@ -253,6 +266,13 @@ pub enum VmError {
     },
     #[error(transparent)]
     Qemu(#[from] QemuError),
+    #[error("VM {vm}: snapshot to {path}: {source}")]
+    Snapshot {
+        vm: String,
+        path: PathBuf,
+        #[source]
+        source: Box<MigrationError>,
+    },
 }
 
 /// The result of `vm:exec`.
@@ -291,6 +311,8 @@ pub struct Vm {
     private_initrd: Option<PathBuf>,
     op_timeout: Duration,
     running: bool,
+    /// What a snapshot of this VM must reproduce.
+    origin: Origin,
 }
 
 static NEXT_VM: AtomicU32 = AtomicU32::new(1);
@@ -367,6 +389,7 @@ impl Vm {
             cpus: config.cpus,
             use_kvm: config.use_kvm,
             drives,
+            resume: false,
         };
         let mut qemu = Qemu::launch(&spec)?;
         let deadline = start + config.boot_timeout;
@@ -380,6 +403,7 @@ impl Vm {
                 private_initrd,
                 op_timeout: config.op_timeout,
                 running: true,
+                origin: Origin::new(spec, config.profile, config.boot_timeout),
             }),
             Err(failure) => {
                 let error = boot_failure(&config.name, &mut qemu, failure, config.boot_timeout);
