@@ -19,6 +19,8 @@ pub const PORT_NAME: &str = "org.provium.agent.0";
 /// How long the port may take to appear (module probing, the port-name message).
 const PORT_WAIT: Duration = Duration::from_secs(5);
 const PORT_POLL: Duration = Duration::from_millis(20);
+/// How long to wait for a virtio console device before falling back to ttyS1.
+const NO_DEVICE_WAIT: Duration = Duration::from_secs(1);
 
 /// Opens the link; `dir` is a writable private directory (the shim's) for the
 /// temporary mount point and device nodes. Returns the device, its kind and a
@@ -86,7 +88,9 @@ fn set_raw(file: &File) -> std::io::Result<()> {
     t.c_cflag |= libc::CS8 | libc::B115200 | libc::CLOCAL | libc::CREAD;
     t.c_cc[libc::VMIN] = 1;
     t.c_cc[libc::VTIME] = 0;
-    if unsafe { libc::ioctl(fd, libc::TCSETS, &t) } != 0 {
+    // TCSETSF also discards input that arrived while the line was still cooked
+    // (echoed and mangled); the host repeats its Hello.
+    if unsafe { libc::ioctl(fd, libc::TCSETSF, &t) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -162,8 +166,15 @@ fn scan_in_private_namespace(c_mount: &CString, mount_point: &str) -> String {
         }
     }
     let class = format!("{mount_point}/class/virtio-ports");
-    let deadline = Instant::now() + PORT_WAIT;
+    let devices = format!("{mount_point}/bus/virtio/devices");
+    let start = Instant::now();
+    let deadline = start + PORT_WAIT;
     loop {
+        // Without a virtio console device (virtio id 3) no port will ever appear;
+        // give probing a moment, then stop waiting.
+        if start.elapsed() >= NO_DEVICE_WAIT && !has_console_device(&devices) {
+            return format!("no virtio console device within {NO_DEVICE_WAIT:?}");
+        }
         let mut seen = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&class) {
             for entry in entries.flatten() {
@@ -189,4 +200,14 @@ fn scan_in_private_namespace(c_mount: &CString, mount_point: &str) -> String {
         }
         std::thread::sleep(PORT_POLL);
     }
+}
+
+fn has_console_device(devices: &str) -> bool {
+    const VIRTIO_ID_CONSOLE: &str = "0x0003";
+    std::fs::read_dir(devices).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            std::fs::read_to_string(e.path().join("device"))
+                .is_ok_and(|id| id.trim() == VIRTIO_ID_CONSOLE)
+        })
+    })
 }
