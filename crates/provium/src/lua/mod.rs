@@ -5,6 +5,7 @@
 //! code reaches the file it serves through [`FileContext::of`], registers consoles
 //! and file-end hooks there, and adds `provium.*` functions via [`PROVIUM_MODULES`].
 
+pub mod fixture;
 pub mod framework;
 pub mod pack;
 
