@@ -6,6 +6,8 @@ use std::fs::File;
 use std::os::fd::IntoRawFd;
 use std::time::Duration;
 
+use provium_proto::AGENT_ENDED;
+
 use crate::files;
 use crate::log::{self, log};
 use crate::port;
@@ -47,7 +49,30 @@ pub fn run_as_init(args: Vec<String>) -> ! {
         exec_init(&init, &args[1..]);
         mount_basics();
     }
-    reap_forever(pid)
+    reap_forever()
+}
+
+/// Splits off the process that serves; the caller stays behind to report on the
+/// console when it dies (a test's `exit_group`, a crash), because the host's end of
+/// the channel stays open and the console is how it learns nothing will answer.
+/// Returns in the serving process only. Without a fork, serving goes on unwatched.
+fn supervise() {
+    let server = unsafe { libc::fork() };
+    if server <= 0 {
+        if server < 0 {
+            log!(
+                "fork failed: {}; serving without a supervisor",
+                std::io::Error::last_os_error()
+            );
+        }
+        return;
+    }
+    let ended = match sys::wait_pid(server) {
+        Ok(status) => sys::describe_status(status),
+        Err(errno) => format!("waitpid failed with errno {errno}"),
+    };
+    log!("{AGENT_ENDED}{ended}");
+    unsafe { libc::_exit(0) }
 }
 
 /// Opens the console for logging and gives PID 1 (and so init) descriptors 0-2 if
@@ -153,13 +178,11 @@ fn exec_init(init: &str, extra: &[String]) {
 }
 
 /// PID 1 without an init: reap orphans forever (PID 1 must never exit).
-fn reap_forever(server: i32) -> ! {
+fn reap_forever() -> ! {
     loop {
         let mut status = 0;
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid == server {
-            log!("the serving agent {}", sys::describe_status(status));
-        } else if pid < 0 && sys::errno() == libc::ECHILD {
+        if pid < 0 && sys::errno() == libc::ECHILD {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
@@ -168,6 +191,7 @@ fn reap_forever(server: i32) -> ! {
 /// The serving child: finds the link, then serves it for the life of the VM.
 fn serve_guest(shim_dir: &str) -> ! {
     unsafe { libc::setsid() };
+    supervise();
     if std::env::var_os("PATH").is_none() {
         // Still single-threaded here.
         std::env::set_var("PATH", DEFAULT_PATH);

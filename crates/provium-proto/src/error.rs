@@ -183,10 +183,11 @@ impl fmt::Display for AgentError {
             }
             AgentError::OutputTooLarge { cmd, cap } => write!(
                 f,
-                "output of command {cmd:?} exceeds the cap of {cap} bytes (command killed)"
+                "output of command {cmd:?} exceeds the cap of {} (command killed)",
+                size_text(*cap)
             ),
             AgentError::FileTooLarge { path, cap } => {
-                write!(f, "file {path} exceeds the cap of {cap} bytes")
+                write!(f, "file {path} exceeds the cap of {}", size_text(*cap))
             }
             AgentError::InvalidRequest { op, reason } => {
                 write!(f, "invalid {op} request: {reason}")
@@ -205,6 +206,16 @@ impl fmt::Display for AgentError {
 }
 
 impl std::error::Error for AgentError {}
+
+/// `N bytes`, with the MiB figure people know the caps by when it is whole.
+fn size_text(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{bytes} bytes ({} MiB)", bytes / MIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
 
 /// The symbolic name of a Linux errno (x86_64 numbering), or `"errno"` if unknown.
 pub fn errno_name(errno: i32) -> &'static str {

@@ -27,3 +27,9 @@ pub const MAX_DATA: u32 = 16 * 1024 * 1024;
 
 /// The channel of the agent's main process; workers get higher ids.
 pub const MAIN_CHANNEL: u32 = 0;
+
+/// The agent prints this phrase on the guest console, followed by how the process
+/// ended, when its serving process dies (e.g. a test's `exit_group`): the channel
+/// itself stays open on the host side, so the console is how the host learns that
+/// nothing will answer any more.
+pub const AGENT_ENDED: &str = "the serving agent ended: ";

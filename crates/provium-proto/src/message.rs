@@ -817,5 +817,13 @@ mod tests {
             cap: 16,
         };
         assert!(e.to_string().contains("cap of 16 bytes"), "{e}");
+        let e = AgentError::FileTooLarge {
+            path: "/big".into(),
+            cap: 16 << 20,
+        };
+        assert_eq!(
+            e.to_string(),
+            "file /big exceeds the cap of 16777216 bytes (16 MiB)"
+        );
     }
 }

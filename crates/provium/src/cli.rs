@@ -257,6 +257,7 @@ fn test(args: TestArgs) -> anyhow::Result<Exit> {
         project_root: config.root.clone(),
         config,
         pool: Pool::new(args.pool_mode()),
+        vm_host: Default::default(),
     });
 
     dispatch::install_signal_handlers();

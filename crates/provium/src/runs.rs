@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::schedule::pool::Pool;
+use crate::vm::host::HostCache;
 
 /// Everything a run shares with every file it runs: read-only after the run starts,
 /// handed to each file's Lua state as an `Arc`.
@@ -40,6 +41,8 @@ pub struct RunContext {
     pub config: Config,
     /// Gates VM boots (`--mem`/`--cpus` or auto); each file holds a slot in it.
     pub pool: Arc<Pool>,
+    /// QEMU, accelerator and default profile, resolved on the run's first boot.
+    pub vm_host: HostCache,
 }
 
 /// Where run directories go when `PROVIUM_RUNS_DIR` is not set.

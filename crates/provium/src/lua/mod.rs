@@ -8,6 +8,9 @@
 pub mod fixture;
 pub mod framework;
 pub mod pack;
+pub mod vm_api;
+pub mod vm_args;
+pub mod vm_values;
 
 use crate::schedule::pool::FileSlot;
 use std::cell::RefCell;
@@ -29,7 +32,7 @@ use framework::Framework;
 /// Installers of the `provium` table, run in order for every file. VM bindings add
 /// their installer here (`provium.create`, `provium.fixture`, ...).
 pub type ModuleInstaller = fn(&Lua, &Table) -> mlua::Result<()>;
-pub const PROVIUM_MODULES: &[ModuleInstaller] = &[pack::install];
+pub const PROVIUM_MODULES: &[ModuleInstaller] = &[pack::install, vm_api::install];
 
 /// Lines of the last console shown under a failing file.
 pub const CONSOLE_TAIL_LINES: usize = 20;
@@ -513,6 +516,7 @@ mod tests {
             config: crate::config::Config::empty(dir),
             project_root: dir.to_path_buf(),
             pool: crate::schedule::pool::Pool::new(PoolMode::Auto),
+            vm_host: Default::default(),
         });
         let file = TestFile {
             name: "vm.lua".into(),

@@ -227,6 +227,7 @@ mod tests {
             config: crate::config::Config::empty(parent),
             project_root: parent.to_path_buf(),
             pool: crate::schedule::pool::Pool::new(PoolMode::Auto),
+            vm_host: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod accel;
 pub mod agent_bin;
 pub mod default_profile;
+pub mod host;
 pub mod initrd;
 pub mod kernel;
 pub mod link;
@@ -455,6 +456,11 @@ impl Vm {
         self.running
     }
 
+    /// The kernel panic line, once the guest's console showed one.
+    pub fn panic_line(&self) -> Option<String> {
+        self.qemu.panic_line()
+    }
+
     /// Runs `cmd` with `/bin/sh -c`; a non-zero exit is a result, not an error.
     pub fn exec(&self, cmd: &str) -> Result<ExecOutput, VmError> {
         let request = Request::Exec {
@@ -589,6 +595,21 @@ impl Vm {
         self.check_running(op)?;
         self.link
             .call(MAIN_CHANNEL, request, self.op_timeout)
+            .map_err(|error| self.explain(op, error))
+    }
+
+    /// Sends `request` on `channel` (the agent's main channel or a worker's) and waits
+    /// up to `timeout`; a lost connection is explained by the VM's fate when known.
+    pub fn call_channel(
+        &self,
+        channel: u32,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, VmError> {
+        let op = request.op_name();
+        self.check_running(op)?;
+        self.link
+            .call(channel, request, timeout)
             .map_err(|error| self.explain(op, error))
     }
 

@@ -129,6 +129,8 @@ struct ConsoleState {
     closed: AtomicBool,
     /// The first kernel panic line seen.
     panic: Mutex<Option<String>>,
+    /// The agent's line saying its serving process died, once seen.
+    agent_ended: Mutex<Option<String>>,
 }
 
 /// A running (or exited, not yet dropped) QEMU process.
@@ -465,6 +467,14 @@ fn dead_reason(console: &ConsoleState) -> Option<String> {
     if console.closed.load(Ordering::Acquire) {
         return Some("QEMU exited".to_string());
     }
+    if let Some(line) = console
+        .agent_ended
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        return Some(format!("the guest agent died ({line})"));
+    }
     None
 }
 
@@ -572,15 +582,20 @@ fn read_console(mut stdout: impl Read, log: File, state: &ConsoleState) {
 
 fn note_line(line: &[u8], state: &ConsoleState) {
     let text = String::from_utf8_lossy(line);
-    if let Some(at) = text.find(PANIC_MARKER) {
-        let seen = text[at..].trim().to_string();
-        let mut panic = state.panic.lock().unwrap_or_else(|e| e.into_inner());
-        // A line seen half-printed is completed by the next read; later panics
-        // (in the panic handler itself) do not replace the first.
-        match panic.as_ref() {
-            None => *panic = Some(seen),
-            Some(first) if seen.starts_with(first.as_str()) => *panic = Some(seen),
-            Some(_) => {}
+    for (marker, slot) in [
+        (PANIC_MARKER, &state.panic),
+        (provium_proto::AGENT_ENDED, &state.agent_ended),
+    ] {
+        if let Some(at) = text.find(marker) {
+            let seen = text[at..].trim().to_string();
+            let mut first = slot.lock().unwrap_or_else(|e| e.into_inner());
+            // A line seen half-printed is completed by the next read; later lines
+            // (a panic in the panic handler itself) do not replace the first.
+            match first.as_ref() {
+                None => *first = Some(seen),
+                Some(partial) if seen.starts_with(partial.as_str()) => *first = Some(seen),
+                Some(_) => {}
+            }
         }
     }
 }
@@ -640,6 +655,22 @@ mod tests {
         assert_eq!(
             console_tail(&log_path, 1),
             "[ 2.0] Kernel panic - not syncing: sysrq triggered crash"
+        );
+    }
+
+    #[test]
+    fn the_agent_dying_makes_the_vm_dead_while_qemu_runs() {
+        let state = ConsoleState::default();
+        note_line(b"provium-agent: serving on virtio-serial", &state);
+        assert_eq!(dead_reason(&state), None);
+        note_line(b"provium-agent: the serving agent ended: exi", &state);
+        note_line(
+            b"provium-agent: the serving agent ended: exited with status 0",
+            &state,
+        );
+        assert_eq!(
+            dead_reason(&state).unwrap(),
+            "the guest agent died (the serving agent ended: exited with status 0)"
         );
     }
 
