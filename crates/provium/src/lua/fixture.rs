@@ -11,14 +11,21 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
+use mlua::{AnyUserData, Lua, Table};
 use thiserror::Error;
 
-use crate::runs::RunContext;
+use super::{execute, plain_errors, root_cause, vm_api, Execution, FileContext, PROVIUM_MODULES};
+use crate::discover::TestFile;
+use crate::report::SubtestStatus;
+use crate::runs::{FileLog, RunContext};
 use crate::vm::snapshot::Snapshot;
+use crate::vm::Vm;
 
 /// How long a request waits for another file's build of the same fixture. A build
 /// boots a VM (30 s at most) and runs the script's setup, which may be long.
@@ -314,10 +321,186 @@ pub fn end_run(run: &RunContext) {
     }
 }
 
+/// Fixture build contexts get indices far above any test file's dispatch position.
+static NEXT_FIXTURE_INDEX: AtomicUsize = AtomicUsize::new(1 << 30);
+
+/// Installs `provium.fixture`.
+pub fn install(lua: &Lua, provium: &Table) -> mlua::Result<()> {
+    provium.set("fixture", plain_errors(lua, lua.create_function(fixture)?)?)
+}
+
+fn raise(error: impl ToString) -> mlua::Error {
+    mlua::Error::RuntimeError(error.to_string())
+}
+
+/// `provium.fixture(name)`: a VM resumed from the fixture's snapshot, built first
+/// if this is the run's first request for it.
+fn fixture(lua: &Lua, name: String) -> mlua::Result<AnyUserData> {
+    let ctx = FileContext::of(lua)?;
+    let run = Arc::clone(ctx.run());
+    let start_dir = ctx.path().parent().unwrap_or(&run.test_root);
+    let script = locate(&name, start_dir, &run.test_root).map_err(raise)?;
+    let script = fs::canonicalize(&script).unwrap_or(script);
+    let requested = Instant::now();
+    let snapshot = registry(&run).get(
+        &name,
+        &script,
+        run.run_dir.path(),
+        BUILD_WAIT_TIMEOUT,
+        |path| build(&run, &name, &script, path),
+    );
+    let snapshot = match snapshot {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            if let FixtureError::Failed { consoles, log, .. } = &error {
+                for console in consoles {
+                    ctx.register_console(console.clone());
+                }
+                if let Some(log) = log {
+                    ctx.log(&format!("fixture '{name}': build log {}\n", log.display()));
+                }
+            }
+            return Err(raise(error));
+        }
+    };
+    let waited = requested.elapsed();
+    let profile = snapshot.profile().name.clone();
+    vm_api::adopt(lua, &profile, |vm_name| {
+        let lease = ctx
+            .pool_slot()
+            .acquire(
+                snapshot.memory_mib(),
+                snapshot.cpus(),
+                &format!("VM {vm_name}"),
+            )
+            .map_err(raise)?;
+        // The VM holds one reference until it stops; ours marks the resume done.
+        let lease = Arc::new(lease);
+        let resuming = Instant::now();
+        match Vm::resume(&snapshot, run.run_dir.path(), vm_name, Some(Box::new(Arc::clone(&lease)))) {
+            Ok(vm) => {
+                lease.booted();
+                let console = ctx.register_console(vm.console_log().to_path_buf());
+                ctx.log(&format!(
+                    "VM {vm_name} resumed from fixture '{name}' ({}, {} bytes) in {:.2}s after {:.2}s \
+                     waiting for the fixture; its console is console {console}\n",
+                    snapshot.path().display(),
+                    snapshot.size(),
+                    resuming.elapsed().as_secs_f64(),
+                    waited.as_secs_f64(),
+                ));
+                Ok(vm)
+            }
+            Err(error) => {
+                if let Some(console) = error.console_log() {
+                    ctx.register_console(console.to_path_buf());
+                }
+                Err(raise(format!("fixture '{name}': {error}")))
+            }
+        }
+    })
+}
+
+/// Runs the fixture script in a fresh Lua state (on this thread) and snapshots the
+/// last VM it created to `path`; the script's other VMs are killed with its state.
+fn build(run: &Arc<RunContext>, name: &str, script: &Path, path: &Path) -> BuildResult {
+    let started = Instant::now();
+    // Relative, so its log lands in the run directory like a test file's.
+    let shown = match script.strip_prefix(&run.test_root) {
+        Ok(relative) => relative.display().to_string(),
+        Err(_) => format!("fixtures/{name}.lua"),
+    };
+    let file = TestFile {
+        name: shown.clone(),
+        path: script.to_path_buf(),
+    };
+    let log_path = run.run_dir.log_path(&shown);
+    let log = FileLog::create(log_path.clone()).ok();
+    let index = NEXT_FIXTURE_INDEX.fetch_add(1, Ordering::Relaxed);
+    let ctx = Rc::new(FileContext::new(Arc::clone(run), &file, index, log));
+    ctx.log(&format!(
+        "provium log for fixture '{name}'\nfile: {}\nrun:  {}\n\n",
+        script.display(),
+        run.run_dir.path().display()
+    ));
+    // SAFETY: as for test files (`run_file`): the fixture is the user's own code and
+    // gets the full standard library; nothing else shares this state.
+    let lua = unsafe { Lua::unsafe_new() };
+    lua.set_app_data(Rc::clone(&ctx));
+    let result = run_script(&lua, run, &file).and_then(|()| {
+        let mut vm = vm_api::take_last_created(&lua)?;
+        let snapshot = vm.snapshot(path).map_err(|e| e.to_string())?;
+        ctx.log(&format!(
+            "snapshot of VM {} written to {} ({} bytes in {:.2}s)\n",
+            snapshot.source_vm(),
+            path.display(),
+            snapshot.size(),
+            snapshot.took().as_secs_f64()
+        ));
+        Ok(snapshot)
+    });
+    ctx.run_cleanup();
+    lua.remove_app_data::<Rc<FileContext>>();
+    drop(lua);
+
+    let consoles = ctx.consoles();
+    let mut tail = format!(
+        "\nfixture {} in {:.3}s\n",
+        if result.is_ok() { "built" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    if let Err(message) = &result {
+        tail.push_str(&format!("error: {message}\n"));
+    }
+    for (n, console) in consoles.iter().enumerate() {
+        tail.push_str(&format!("\n--- console {} ---\n", n + 1));
+        match fs::read(console) {
+            Ok(bytes) => tail.push_str(&String::from_utf8_lossy(&bytes)),
+            Err(e) => tail.push_str(&format!("(cannot read {}: {e})\n", console.display())),
+        }
+    }
+    ctx.log(&tail);
+    let log = ctx.log.borrow_mut().take();
+    match result {
+        Ok(snapshot) => {
+            if let Some(log) = log {
+                log.delete(run.run_dir.path());
+            }
+            Ok(snapshot)
+        }
+        Err(message) => Err(FixtureError::Failed {
+            name: name.to_string(),
+            message,
+            log: log.map(|_| log_path),
+            consoles,
+        }),
+    }
+}
+
+/// Runs the script like a test file; any failure (a raise, a failed sub-test,
+/// `todo`, `os.exit`) is the fixture's error, with its location.
+fn run_script(lua: &Lua, run: &RunContext, file: &TestFile) -> Result<(), String> {
+    let Execution { outcome, error } = execute(lua, run, file, PROVIUM_MODULES)
+        .map_err(|e| format!("internal error: {}", root_cause(&e)))?;
+    if let Some(error) = error {
+        // The logged form keeps the `file:line:` the report strips; drop the traceback.
+        let message = error.logged.split("\nstack traceback:").next();
+        return Err(message.unwrap_or(&error.shown).to_string());
+    }
+    for subtest in &outcome.subtests {
+        if let SubtestStatus::Failed { message } = &subtest.status {
+            return Err(format!("sub-test '{}' failed: {message}", subtest.name));
+        }
+    }
+    if outcome.file_todo.is_some() {
+        return Err("the fixture script called todo()".to_string());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn locate_searches_upward_to_the_root_and_names_every_place() {

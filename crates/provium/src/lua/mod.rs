@@ -32,7 +32,7 @@ use framework::Framework;
 /// Installers of the `provium` table, run in order for every file. VM bindings add
 /// their installer here (`provium.create`, `provium.fixture`, ...).
 pub type ModuleInstaller = fn(&Lua, &Table) -> mlua::Result<()>;
-pub const PROVIUM_MODULES: &[ModuleInstaller] = &[pack::install, vm_api::install];
+pub const PROVIUM_MODULES: &[ModuleInstaller] = &[pack::install, vm_api::install, fixture::install];
 
 /// Lines of the last console shown under a failing file.
 pub const CONSOLE_TAIL_LINES: usize = 20;
