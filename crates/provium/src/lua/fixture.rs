@@ -338,7 +338,9 @@ fn raise(error: impl ToString) -> mlua::Error {
 fn fixture(lua: &Lua, name: String) -> mlua::Result<AnyUserData> {
     let ctx = FileContext::of(lua)?;
     let run = Arc::clone(ctx.run());
-    let start_dir = ctx.path().parent().unwrap_or(&run.test_root);
+    // The file's path may be relative to the current directory; the root is canonical.
+    let file_path = fs::canonicalize(ctx.path()).unwrap_or_else(|_| ctx.path().to_path_buf());
+    let start_dir = file_path.parent().unwrap_or(&run.test_root);
     let script = locate(&name, start_dir, &run.test_root).map_err(raise)?;
     let script = fs::canonicalize(&script).unwrap_or(script);
     let requested = Instant::now();
@@ -377,7 +379,12 @@ fn fixture(lua: &Lua, name: String) -> mlua::Result<AnyUserData> {
         // The VM holds one reference until it stops; ours marks the resume done.
         let lease = Arc::new(lease);
         let resuming = Instant::now();
-        match Vm::resume(&snapshot, run.run_dir.path(), vm_name, Some(Box::new(Arc::clone(&lease)))) {
+        match Vm::resume(
+            &snapshot,
+            run.run_dir.path(),
+            vm_name,
+            Some(Box::new(Arc::clone(&lease))),
+        ) {
             Ok(vm) => {
                 lease.booted();
                 let console = ctx.register_console(vm.console_log().to_path_buf());

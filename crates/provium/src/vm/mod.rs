@@ -30,7 +30,7 @@ use initrd::InitrdError;
 use kernel::KernelError;
 use link::{Link, LinkError, Liveness};
 use qemu::{ConnectError, DiskFormat, Drive, LaunchSpec, Qemu, QemuError};
-use snapshot::{MigrationError, Origin};
+use snapshot::{MigrationError, Origin, ResumeError};
 
 /// Boot deadline from QEMU launch to a ready agent (SPEC §3).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -186,12 +186,11 @@ pub enum BootError {
         console_log: PathBuf,
         console_tail: String,
     },
-    #[error("VM {vm}: cannot resume from {snapshot}: {source}")]
+    #[error("VM {vm}: {source}")]
     Resume {
         vm: String,
-        snapshot: PathBuf,
         #[source]
-        source: Box<MigrationError>,
+        source: Box<ResumeError>,
         console_log: PathBuf,
         console_tail: String,
     },

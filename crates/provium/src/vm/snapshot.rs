@@ -66,6 +66,15 @@ pub enum MigrationError {
     Truncated { path: PathBuf, size: u64, sent: u64 },
 }
 
+/// A snapshot that could not be loaded into a fresh QEMU.
+#[derive(Debug, Error)]
+#[error("cannot resume from {snapshot}: {source}")]
+pub struct ResumeError {
+    pub snapshot: PathBuf,
+    #[source]
+    pub source: MigrationError,
+}
+
 impl From<QemuError> for MigrationError {
     fn from(error: QemuError) -> MigrationError {
         match error {
@@ -283,8 +292,10 @@ impl Vm {
         if let Err(source) = migrate_in(&mut qemu, &snapshot.state, deadline) {
             return Err(BootError::Resume {
                 vm: name.to_string(),
-                snapshot: snapshot.state.clone(),
-                source: Box::new(with_stderr(&mut qemu, source)),
+                source: Box::new(ResumeError {
+                    snapshot: snapshot.state.clone(),
+                    source: with_stderr(&mut qemu, source),
+                }),
                 console_log: qemu.console_path().to_path_buf(),
                 console_tail: qemu.console_tail(CONSOLE_TAIL_LINES),
             });
@@ -474,10 +485,12 @@ mod tests {
         );
         let error = BootError::Resume {
             vm: "a.lua#1".into(),
-            snapshot: "/r/f.snap".into(),
-            source: Box::new(MigrationError::Died {
-                reason: "QEMU exited".into(),
-                stderr: "qemu-system-x86_64: Unknown savevm section".into(),
+            source: Box::new(ResumeError {
+                snapshot: "/r/f.snap".into(),
+                source: MigrationError::Died {
+                    reason: "QEMU exited".into(),
+                    stderr: "qemu-system-x86_64: Unknown savevm section".into(),
+                },
             }),
             console_log: "/r/vm3/console.log".into(),
             console_tail: String::new(),
