@@ -389,12 +389,13 @@ fn fixture(lua: &Lua, name: String) -> mlua::Result<AnyUserData> {
                 lease.booted();
                 let console = ctx.register_console(vm.console_log().to_path_buf());
                 ctx.log(&format!(
-                    "VM {vm_name} resumed from fixture '{name}' ({}, {} bytes) in {:.2}s after {:.2}s \
-                     waiting for the fixture; its console is console {console}\n",
-                    snapshot.path().display(),
-                    snapshot.size(),
+                    "VM {vm_name} resumed from fixture '{name}' in {:.3}s after {:.3}s getting \
+                     the snapshot ({}, {} bytes, taken in {:.3}s); its console is console {console}\n",
                     resuming.elapsed().as_secs_f64(),
                     waited.as_secs_f64(),
+                    snapshot.path().display(),
+                    snapshot.size(),
+                    snapshot.took().as_secs_f64(),
                 ));
                 Ok(vm)
             }
