@@ -429,8 +429,15 @@ fn wait_migration(
             });
         let info = match queried {
             Ok(info) => info,
-            // A QEMU that exits mid-migration closes QMP first: say why it ended.
+            // A QEMU that exits mid-migration resets QMP a moment before its stdout
+            // closes: give it that moment, then say why it ended.
             Err(error) => {
+                if matches!(
+                    error,
+                    MigrationError::Qmp(QmpError::Closed { .. } | QmpError::Io { .. })
+                ) {
+                    qemu.wait_exit(EXIT_EVIDENCE_WAIT);
+                }
                 return Err(match qemu.dead_reason() {
                     Some(reason) => MigrationError::Died {
                         reason,
