@@ -444,7 +444,7 @@ fn wait_migration(
                         stderr: String::new(),
                     },
                     None => error,
-                })
+                });
             }
         };
         let status = info["status"].as_str().unwrap_or("none").to_string();
