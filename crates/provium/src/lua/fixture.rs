@@ -323,6 +323,8 @@ pub fn end_run(run: &RunContext) {
 
 /// Fixture build contexts get indices far above any test file's dispatch position.
 static NEXT_FIXTURE_INDEX: AtomicUsize = AtomicUsize::new(1 << 30);
+/// Numbers resumed VMs (`<file>@<fixture>#<n>`), unique within the process.
+static NEXT_RESUMED: AtomicUsize = AtomicUsize::new(1);
 
 /// Installs `provium.fixture`.
 pub fn install(lua: &Lua, provium: &Table) -> mlua::Result<()> {
@@ -366,47 +368,49 @@ fn fixture(lua: &Lua, name: String) -> mlua::Result<AnyUserData> {
         }
     };
     let waited = requested.elapsed();
-    let profile = snapshot.profile().name.clone();
-    vm_api::adopt(lua, &profile, |vm_name| {
-        let lease = ctx
-            .pool_slot()
-            .acquire(
-                snapshot.memory_mib(),
-                snapshot.cpus(),
-                &format!("VM {vm_name}"),
-            )
-            .map_err(raise)?;
-        // The VM holds one reference until it stops; ours marks the resume done.
-        let lease = Arc::new(lease);
-        let resuming = Instant::now();
-        match Vm::resume(
-            &snapshot,
-            run.run_dir.path(),
-            vm_name,
-            Some(Box::new(Arc::clone(&lease))),
-        ) {
-            Ok(vm) => {
-                lease.booted();
-                let console = ctx.register_console(vm.console_log().to_path_buf());
-                ctx.log(&format!(
-                    "VM {vm_name} resumed from fixture '{name}' in {:.3}s after {:.3}s getting \
-                     the snapshot ({}, {} bytes, taken in {:.3}s); its console is console {console}\n",
-                    resuming.elapsed().as_secs_f64(),
-                    waited.as_secs_f64(),
-                    snapshot.path().display(),
-                    snapshot.size(),
-                    snapshot.took().as_secs_f64(),
-                ));
-                Ok(vm)
+    let vm_name = format!(
+        "{}@{name}#{}",
+        ctx.name(),
+        NEXT_RESUMED.fetch_add(1, Ordering::Relaxed)
+    );
+    let lease = ctx
+        .pool_slot()
+        .acquire(
+            snapshot.memory_mib(),
+            snapshot.cpus(),
+            &format!("VM {vm_name}"),
+        )
+        .map_err(raise)?;
+    // The VM holds one reference until it stops; ours marks the resume done.
+    let lease = Arc::new(lease);
+    let resuming = Instant::now();
+    let vm = match Vm::resume(
+        &snapshot,
+        run.run_dir.path(),
+        &vm_name,
+        Some(Box::new(Arc::clone(&lease))),
+    ) {
+        Ok(vm) => vm,
+        Err(error) => {
+            // Registered even though the resume failed: the report shows its tail.
+            if let Some(console) = error.console_log() {
+                ctx.register_console(console.to_path_buf());
             }
-            Err(error) => {
-                if let Some(console) = error.console_log() {
-                    ctx.register_console(console.to_path_buf());
-                }
-                Err(raise(format!("fixture '{name}': {error}")))
-            }
+            return Err(raise(format!("fixture '{name}': {error}")));
         }
-    })
+    };
+    lease.booted();
+    ctx.log(&format!(
+        "VM {vm_name} resumed from fixture '{name}' in {:.3}s after {:.3}s getting \
+         the snapshot ({}, {} bytes, taken in {:.3}s); its console is console {}\n",
+        resuming.elapsed().as_secs_f64(),
+        waited.as_secs_f64(),
+        snapshot.path().display(),
+        snapshot.size(),
+        snapshot.took().as_secs_f64(),
+        ctx.consoles().len() + 1,
+    ));
+    vm_api::adopt(lua, vm, &snapshot.profile().name)
 }
 
 /// Runs the fixture script in a fresh Lua state (on this thread) and snapshots the
@@ -436,7 +440,10 @@ fn build(run: &Arc<RunContext>, name: &str, script: &Path, path: &Path) -> Build
     let lua = unsafe { Lua::unsafe_new() };
     lua.set_app_data(Rc::clone(&ctx));
     let result = run_script(&lua, run, &file).and_then(|()| {
-        let mut vm = vm_api::take_last_created(&lua)?;
+        let mut vm = vm_api::take_last_running(&lua).ok_or(
+            "the last VM the script created is not running (or it created none); a fixture \
+             must end with its VM booted",
+        )?;
         let snapshot = vm.snapshot(path).map_err(|e| e.to_string())?;
         ctx.log(&format!(
             "snapshot of VM {} written to {} ({} bytes in {:.2}s)\n",

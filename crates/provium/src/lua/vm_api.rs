@@ -583,50 +583,6 @@ fn create(lua: &Lua, profile: Value) -> mlua::Result<AnyUserData> {
     })
 }
 
-/// Registers a VM started outside `create`/`boot` (one resumed from a fixture) as
-/// the file's next handle: `start` gets the handle's name and returns the running VM.
-/// The file's end kills it like any other.
-pub(crate) fn adopt(
-    lua: &Lua,
-    profile: &str,
-    start: impl FnOnce(&str) -> mlua::Result<Vm>,
-) -> mlua::Result<AnyUserData> {
-    let ctx = FileContext::of(lua)?;
-    let vms = file_vms(lua, &ctx)?;
-    let number = vms.handles.borrow().len() + 1;
-    let name = format!("{}#{number}", ctx.name());
-    let vm = start(&name)?;
-    let handle = Rc::new(VmHandle {
-        name,
-        profile: profile.to_string(),
-        state: RefCell::new(VmState::Running(Box::new(vm))),
-    });
-    vms.handles.borrow_mut().push(Rc::clone(&handle));
-    lua.create_any_userdata(LuaVm {
-        handle,
-        worker: None,
-    })
-}
-
-/// The VM the script created last, taken out of its handle (which then reads as
-/// killed), for a fixture's snapshot; `Err` says why there is none to take.
-pub(crate) fn take_last_created(lua: &Lua) -> Result<Box<Vm>, String> {
-    let vms = lua
-        .app_data_ref::<Rc<FileVms>>()
-        .map(|vms| Rc::clone(&vms))
-        .ok_or("the VM API is not installed")?;
-    let handles = vms.handles.borrow();
-    let last = handles
-        .last()
-        .ok_or("the script created no VM (call provium.create() and vm:boot(), or provium.fixture())")?;
-    last.take_running(Ending::Killed).ok_or_else(|| {
-        format!(
-            "the last VM the script created ({}) is not running; a fixture must leave it booted",
-            last.name
-        )
-    })
-}
-
 /// Shuts down every running VM of the file, in parallel (each may wait for its guest).
 fn shutdown_all(lua: &Lua, (): ()) -> mlua::Result<()> {
     let ctx = FileContext::of(lua)?;
