@@ -374,8 +374,11 @@ impl Vm {
             format: d.format,
             readonly: d.readonly,
         }));
+        // no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer check
+        // can miss its window and panic ("IO-APIC + timer doesn't work!"); seen in CI
+        // with several VMs booting at once on 2 cores.
         let append = format!(
-            "console=ttyS0 rdinit={AGENT_PATH} panic=-1 {}",
+            "console=ttyS0 rdinit={AGENT_PATH} panic=-1 no_timer_check {}",
             profile.append
         );
         let spec = LaunchSpec {
