@@ -467,13 +467,7 @@ fn build(run: &Arc<RunContext>, name: &str, script: &Path, path: &Path) -> Build
     if let Err(message) = &result {
         tail.push_str(&format!("error: {message}\n"));
     }
-    for (n, console) in consoles.iter().enumerate() {
-        tail.push_str(&format!("\n--- console {} ---\n", n + 1));
-        match fs::read(console) {
-            Ok(bytes) => tail.push_str(&String::from_utf8_lossy(&bytes)),
-            Err(e) => tail.push_str(&format!("(cannot read {}: {e})\n", console.display())),
-        }
-    }
+    super::append_consoles(&mut tail, &consoles);
     ctx.log(&tail);
     let log = ctx.log.borrow_mut().take();
     match result {
