@@ -6,24 +6,14 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use provium::vm::default_profile;
 use provium::vm::snapshot::Snapshot;
-use provium::vm::{BootError, BootProfile, Vm, VmConfig, VmError};
+use provium::vm::{BootError, Vm, VmConfig, VmError};
 use provium_proto::{Request, Response, MAIN_CHANNEL};
 
-fn default_profile() -> BootProfile {
-    let resolved = default_profile::resolve(&default_profile::cache_dir())
-        .expect("the default profile resolves (linux-image-cloud-amd64, busybox-static)");
-    BootProfile::from_default(&resolved)
-}
+#[path = "common/vm.rs"]
+mod vm_common;
 
-/// Short run directories keep socket paths under 108 bytes.
-fn run_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("pv")
-        .tempdir_in("/tmp")
-        .unwrap()
-}
+use vm_common::{default_profile, run_dir};
 
 fn boot(name: &str, dir: &Path) -> Vm {
     let mut config = VmConfig::new(name, default_profile(), dir);
