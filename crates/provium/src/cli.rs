@@ -263,13 +263,15 @@ fn test(args: TestArgs) -> anyhow::Result<Exit> {
     dispatch::install_signal_handlers();
     let mut reporter = Reporter::new(io::stdout(), Style::detect());
     let mut output_error = None;
-    let summary = dispatch::run(files, ctx, args.dispatch_options(), |event| {
+    let summary = dispatch::run(files, Arc::clone(&ctx), args.dispatch_options(), |event| {
         if let Err(e) = reporter.handle(&event) {
             output_error.get_or_insert(e);
         }
     });
     // Safety net: VM code kills its QEMUs at file end; nothing may outlive the run.
     crate::procs::kill_all();
+    // Snapshots are large and only valid for this run; interrupted runs too.
+    crate::lua::fixture::end_run(&ctx);
 
     if let Some(signal) = summary.interrupted_by {
         eprintln!(

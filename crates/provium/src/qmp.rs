@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -126,6 +127,35 @@ impl Qmp {
         self.writer
             .write_all(line.as_bytes())
             .map_err(|source| self.io(format!("send '{command}'"), source))?;
+        self.reply(command, deadline, timeout)
+    }
+
+    /// Runs `command` with `fd` attached (SCM_RIGHTS) to its bytes, as `getfd` and
+    /// `add-fd` require: QEMU takes the descriptor that arrived with the command.
+    pub fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        fd: BorrowedFd<'_>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
+        let deadline = Instant::now() + timeout;
+        let mut line = json!({ "execute": command, "arguments": arguments }).to_string();
+        line.push('\n');
+        let sent = send_with_fd(&self.writer, line.as_bytes(), fd.as_raw_fd())
+            .map_err(|source| self.io(format!("send '{command}' with a descriptor"), source))?;
+        self.writer
+            .write_all(&line.as_bytes()[sent..])
+            .map_err(|source| self.io(format!("send '{command}'"), source))?;
+        self.reply(command, deadline, timeout)
+    }
+
+    fn reply(
+        &mut self,
+        command: &str,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
         let what = format!("the reply to '{command}'");
         loop {
             let message = self.read_message(deadline, timeout, &what)?;
@@ -261,6 +291,48 @@ impl Qmp {
     }
 }
 
+/// Sends the first part of `bytes` with `fd` as ancillary data; returns how many
+/// bytes went out (the rest is plain data, the descriptor travels with the first).
+fn send_with_fd(socket: &UnixStream, bytes: &[u8], fd: RawFd) -> io::Result<usize> {
+    let fds = [fd];
+    let fds_len = std::mem::size_of_val(&fds);
+    // u64 storage keeps the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fds_len as u32) } as usize;
+    assert!(space <= std::mem::size_of_val(&control));
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data; zero is a valid initial value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space;
+    // SAFETY: msg_control points at `space` writable bytes, enough for one header
+    // holding `fds`, so CMSG_FIRSTHDR is non-null and CMSG_DATA is in bounds.
+    unsafe {
+        let header = libc::CMSG_FIRSTHDR(&msg);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(fds_len as u32) as usize;
+        std::ptr::copy_nonoverlapping(fds.as_ptr() as *const u8, libc::CMSG_DATA(header), fds_len);
+    }
+    loop {
+        // SAFETY: msg and everything it points to outlive the call.
+        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +420,49 @@ mod tests {
             .unwrap();
         assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_descriptor_travels_with_the_command_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::write(&path, b"passed along").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let line = b"{\"execute\":\"getfd\"}\n";
+        let sent = send_with_fd(&ours, line, file.as_raw_fd()).unwrap();
+        assert_eq!(sent, line.len());
+
+        let mut data = [0u8; 64];
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: the buffers outlive the call; zeroed msghdr is valid.
+        let (got, fd) = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = std::mem::size_of_val(&control);
+            let got = libc::recvmsg(theirs.as_raw_fd(), &mut msg, 0);
+            let header = libc::CMSG_FIRSTHDR(&msg);
+            assert!(!header.is_null(), "no descriptor arrived");
+            assert_eq!((*header).cmsg_type, libc::SCM_RIGHTS);
+            let mut fd: RawFd = -1;
+            std::ptr::copy_nonoverlapping(
+                libc::CMSG_DATA(header),
+                &mut fd as *mut RawFd as *mut u8,
+                std::mem::size_of::<RawFd>(),
+            );
+            (got, fd)
+        };
+        assert_eq!(&data[..got as usize], line);
+        // SAFETY: the descriptor was just received and is owned by nobody else.
+        let mut received = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut received, &mut text).unwrap();
+        assert_eq!(text, "passed along");
     }
 }

@@ -598,15 +598,42 @@ fn no_escape_codes_when_piped_even_with_colour_capable_terminal_env() {
 
 #[test]
 fn interrupt_stops_the_run_and_prints_the_summary() {
+    interrupt_while_b_runs("while true do end\n");
+}
+
+#[test]
+fn interrupt_is_heard_while_a_file_is_inside_os_execute() {
+    // C's system() ignores SIGINT in the whole process while its command runs.
+    interrupt_while_b_runs("os.execute('sleep 30')\n");
+}
+
+#[test]
+fn os_execute_keeps_lua_results_and_logs_output() {
     let sb = Sandbox::new();
     sb.tree(
         "t",
-        &[
-            ("a.lua", ""),
-            ("b.lua", "while true do end\n"),
-            ("c.lua", ""),
-        ],
+        &[(
+            "a.lua",
+            "assert_eq(true, os.execute())\n\
+             local ok, how, code = os.execute('echo to-the-log; exit 3')\n\
+             assert_eq(nil, ok); assert_eq('exit', how); assert_eq(3, code)\n\
+             ok, how, code = os.execute('kill -TERM $$')\n\
+             assert_eq(nil, ok); assert_eq('signal', how); assert_eq(15, code)\n\
+             assert_eq(true, (os.execute('true')))\n\
+             error('keep the log')\n",
+        )],
     );
+    let run = sb.provium(&["test", "t"]);
+    run.expect_code(1);
+    run.assert_stdout_contains("    keep the log\n");
+    assert!(!run.stdout.contains("to-the-log"), "{run}");
+    let log = fs::read_to_string(&run.listed_logs()[0]).unwrap();
+    assert!(log.contains("to-the-log"), "{log}");
+}
+
+fn interrupt_while_b_runs(b_body: &str) {
+    let sb = Sandbox::new();
+    sb.tree("t", &[("a.lua", ""), ("b.lua", b_body), ("c.lua", "")]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_provium"))
         .args(["test", "-p", "1", "t"])
         .current_dir(sb.root())

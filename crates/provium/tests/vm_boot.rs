@@ -6,23 +6,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use provium::vm::default_profile;
 use provium::vm::qemu::DiskFormat;
-use provium::vm::{AgentChannel, BootError, BootProfile, Disk, ShutdownOutcome, Vm, VmConfig};
+use provium::vm::{AgentChannel, BootError, Disk, ShutdownOutcome, Vm, VmConfig};
 
-fn default_profile() -> BootProfile {
-    let resolved = default_profile::resolve(&default_profile::cache_dir())
-        .expect("the default profile resolves (linux-image-cloud-amd64, busybox-static)");
-    BootProfile::from_default(&resolved)
-}
+#[path = "common/vm.rs"]
+mod vm_common;
 
-/// Short run directories keep socket paths under 108 bytes.
-fn run_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("pv")
-        .tempdir_in("/tmp")
-        .unwrap()
-}
+use vm_common::{default_profile, run_dir};
 
 /// PIDs of processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &Path) -> Vec<u32> {

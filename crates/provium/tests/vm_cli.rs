@@ -274,3 +274,74 @@ fn sigint_during_a_boot_leaves_no_qemu() {
     assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
     assert_no_qemu_under(&runs, &stderr);
 }
+
+#[test]
+fn fixed_pool_refuses_oversize_boots_detects_self_waits_and_serialises_the_rest() {
+    let _serial = one_at_a_time();
+    let sandbox = Sandbox::new();
+    sandbox.tree(
+        "tests",
+        &[
+            (
+                "a_oversize.lua",
+                "local ok, err = pcall(function() provium.create():boot({ memory = '1G' }) end)\n\
+                 assert(not ok, 'a 1G VM booted in a 768M budget')\n\
+                 assert_contains(tostring(err), 'more than the whole pool (768M memory, 2 CPUs)')\n",
+            ),
+            (
+                "b_self_wait.lua",
+                "local a = provium.create()\n\
+                 a:boot({ memory = '512M' })\n\
+                 local ok, err = pcall(function() provium.create():boot({ memory = '512M' }) end)\n\
+                 assert(not ok, 'a second 512M VM booted in a 768M budget')\n\
+                 a:shutdown()\n\
+                 error(err)\n",
+            ),
+            (
+                "c_fits.lua",
+                "local vm = provium.create()\n\
+                 vm:boot({ memory = '512M' })\n\
+                 assert(vm:exec('true').ok)\n\
+                 vm:shutdown()\n",
+            ),
+            (
+                "d_fits.lua",
+                "local vm = provium.create()\n\
+                 vm:boot({ memory = '512M' })\n\
+                 assert(vm:exec('true').ok)\n\
+                 vm:shutdown()\n",
+            ),
+        ],
+    );
+    let started = Instant::now();
+    let run = sandbox.provium(&["test", "--mem", "768M", "--cpus", "2", "tests"]);
+    run.expect_code(1);
+    assert!(
+        run.stdout
+            .starts_with("provium test\n\nresource pool: 768M memory, 2 CPUs\n\n"),
+        "{run}"
+    );
+    assert!(
+        run.stdout.contains("  a_oversize.lua ... ok"),
+        "an oversize boot was not refused with the budget named\n{run}"
+    );
+    let self_wait = file_block(&run, "b_self_wait.lua");
+    assert!(
+        self_wait.contains("b_self_wait.lua ... FAIL"),
+        "the file waiting on its own lease did not fail\n{run}"
+    );
+    assert!(
+        self_wait.contains("circular wait")
+            && self_wait.contains("b_self_wait.lua holds VM b_self_wait.lua#1"),
+        "the circular-wait error does not explain the wait\n{run}"
+    );
+    assert!(run.stdout.contains("  c_fits.lua ... ok"), "{run}");
+    assert!(run.stdout.contains("  d_fits.lua ... ok"), "{run}");
+    assert!(run.stdout.ends_with("FAIL: 3 passed, 1 failed\n"), "{run}");
+    // Nothing waited for a deadline: the self-wait failed at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the pool run took {:?}\n{run}",
+        started.elapsed()
+    );
+}

@@ -1,5 +1,6 @@
-//! Globals: `test`, `todo`, `assert`, `assert_eq`, `assert_contains` (and `print` and
-//! `os.exit`, rebound so one file cannot garble the report or end the whole run).
+//! Globals: `test`, `todo`, `assert`, `assert_eq`, `assert_contains` (and `print`,
+//! `os.exit` and `os.execute`, rebound so one file cannot garble the report, end the
+//! whole run, or make the run deaf to Ctrl-C).
 //!
 //! The globals themselves are a small Lua prelude (`prelude.lua`) that raises with
 //! `error(msg, 2)`; the Rust hooks here keep the sub-test record and format messages.
@@ -72,6 +73,7 @@ impl Framework {
                 })?,
             )?;
         }
+        hooks.set("execute", lua.create_function(execute)?)?;
         let protected: Function = lua.load(PRELUDE).set_name("=provium prelude").call(hooks)?;
         Ok(Framework { state, protected })
     }
@@ -90,6 +92,53 @@ impl Framework {
             exit_code: state.exit_code,
         }
     }
+}
+
+/// `os.execute` without C's `system()`, which ignores SIGINT and SIGQUIT in the whole
+/// process while the command runs (so Ctrl-C would be lost for every file). Same
+/// results as Lua's: `true|nil, "exit"|"signal", code`; with no command, `true` (a
+/// shell exists). The command's output goes to the file's log, not the report.
+fn execute(lua: &Lua, cmd: Option<mlua::String>) -> mlua::Result<MultiValue> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::ExitStatusExt;
+    let Some(cmd) = cmd else {
+        return Ok(MultiValue::from_vec(vec![Value::Boolean(true)]));
+    };
+    let output = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(std::ffi::OsStr::from_bytes(&cmd.as_bytes()))
+        .stdin(std::process::Stdio::null())
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => {
+            return Ok(MultiValue::from_vec(vec![
+                Value::Nil,
+                Value::String(lua.create_string(format!("cannot run /bin/sh: {e}"))?),
+                Value::Integer(e.raw_os_error().unwrap_or(0).into()),
+            ]))
+        }
+    };
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    if !text.is_empty() {
+        log(lua, &text);
+    }
+    let (how, code) = match (output.status.code(), output.status.signal()) {
+        (Some(code), _) => ("exit", code),
+        (None, Some(signal)) => ("signal", signal),
+        (None, None) => ("exit", -1),
+    };
+    let ok = if how == "exit" && code == 0 {
+        Value::Boolean(true)
+    } else {
+        Value::Nil
+    };
+    Ok(MultiValue::from_vec(vec![
+        ok,
+        Value::String(lua.create_string(how)?),
+        Value::Integer(code.into()),
+    ]))
 }
 
 fn lua_tostring(tostring: &Function, value: Value) -> mlua::Result<String> {

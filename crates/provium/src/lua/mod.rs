@@ -5,6 +5,7 @@
 //! code reaches the file it serves through [`FileContext::of`], registers consoles
 //! and file-end hooks there, and adds `provium.*` functions via [`PROVIUM_MODULES`].
 
+pub mod fixture;
 pub mod framework;
 pub mod pack;
 pub mod vm_api;
@@ -31,7 +32,7 @@ use framework::Framework;
 /// Installers of the `provium` table, run in order for every file. VM bindings add
 /// their installer here (`provium.create`, `provium.fixture`, ...).
 pub type ModuleInstaller = fn(&Lua, &Table) -> mlua::Result<()>;
-pub const PROVIUM_MODULES: &[ModuleInstaller] = &[pack::install, vm_api::install];
+pub const PROVIUM_MODULES: &[ModuleInstaller] = &[pack::install, vm_api::install, fixture::install];
 
 /// Lines of the last console shown under a failing file.
 pub const CONSOLE_TAIL_LINES: usize = 20;
@@ -277,6 +278,17 @@ struct Execution {
 
 /// Runs one test file to completion on the calling thread and reports its outcome.
 /// Its log is written as it goes and deleted when the file passes.
+/// Appends every console in full, each under its `--- console <n> ---` heading (SPEC §4).
+pub(crate) fn append_consoles(text: &mut String, consoles: &[PathBuf]) {
+    for (n, console) in consoles.iter().enumerate() {
+        text.push_str(&format!("\n--- console {} ---\n", n + 1));
+        match fs::read(console) {
+            Ok(bytes) => text.push_str(&String::from_utf8_lossy(&bytes)),
+            Err(e) => text.push_str(&format!("(cannot read {}: {e})\n", console.display())),
+        }
+    }
+}
+
 pub fn run_file(run: Arc<RunContext>, file: &TestFile, index: usize) -> FileReport {
     run_file_with(run, file, index, PROVIUM_MODULES)
 }
@@ -345,13 +357,7 @@ fn run_file_with(
             tail.push_str(&format!("    {line}\n"));
         }
     }
-    for (n, console) in consoles.iter().enumerate() {
-        tail.push_str(&format!("\n--- console {} ---\n", n + 1));
-        match fs::read(console) {
-            Ok(bytes) => tail.push_str(&String::from_utf8_lossy(&bytes)),
-            Err(e) => tail.push_str(&format!("(cannot read {}: {e})\n", console.display())),
-        }
-    }
+    append_consoles(&mut tail, &consoles);
     ctx.log(&tail);
 
     let failed = status.is_failure();

@@ -67,5 +67,6 @@ os.exit = function(code)
 end
 
 print = hooks.print
+os.execute = hooks.execute
 
 return protected

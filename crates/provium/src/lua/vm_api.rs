@@ -112,11 +112,17 @@ pub enum VmApiError {
     },
 }
 
+/// Lines of console carried in a boot error: enough to see why when a script
+/// catches it; a failing file's report shows the full 20-line tail below anyway.
+const BOOT_ERROR_CONSOLE_LINES: usize = 5;
+
 fn console_suffix(tail: Option<&str>) -> String {
-    match tail.map(str::trim_end) {
-        Some(tail) if !tail.is_empty() => format!("\nlast console lines:\n{tail}"),
-        _ => String::new(),
-    }
+    let Some(tail) = tail.map(str::trim_end).filter(|t| !t.is_empty()) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = tail.lines().collect();
+    let last = &lines[lines.len().saturating_sub(BOOT_ERROR_CONSOLE_LINES)..];
+    format!("\nlast console lines:\n{}", last.join("\n"))
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -1312,6 +1318,17 @@ mod tests {
                 .to_string();
             assert!(error.contains(expected), "{code}: {error}");
         }
+    }
+
+    #[test]
+    fn boot_errors_carry_only_the_last_console_lines() {
+        let tail: String = (1..=8).map(|n| format!("line {n}\n")).collect();
+        assert_eq!(
+            console_suffix(Some(&tail)),
+            "\nlast console lines:\nline 4\nline 5\nline 6\nline 7\nline 8"
+        );
+        assert_eq!(console_suffix(Some("  \n")), "");
+        assert_eq!(console_suffix(None), "");
     }
 
     #[test]

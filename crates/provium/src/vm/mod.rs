@@ -12,6 +12,7 @@ pub mod initrd;
 pub mod kernel;
 pub mod link;
 pub mod qemu;
+pub mod snapshot;
 
 use std::any::Any;
 use std::fs;
@@ -29,6 +30,7 @@ use initrd::InitrdError;
 use kernel::KernelError;
 use link::{Link, LinkError, Liveness};
 use qemu::{ConnectError, DiskFormat, Drive, LaunchSpec, Qemu, QemuError};
+use snapshot::{MigrationError, Origin, ResumeError};
 
 /// Boot deadline from QEMU launch to a ready agent (SPEC §3).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -184,6 +186,14 @@ pub enum BootError {
         console_log: PathBuf,
         console_tail: String,
     },
+    #[error("VM {vm}: {source}")]
+    Resume {
+        vm: String,
+        #[source]
+        source: Box<ResumeError>,
+        console_log: PathBuf,
+        console_tail: String,
+    },
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -202,7 +212,8 @@ impl BootError {
             | BootError::KernelPanic { console_log, .. }
             | BootError::Timeout { console_log, .. }
             | BootError::Socket { console_log, .. }
-            | BootError::Handshake { console_log, .. } => Some(console_log),
+            | BootError::Handshake { console_log, .. }
+            | BootError::Resume { console_log, .. } => Some(console_log),
             _ => None,
         }
     }
@@ -214,7 +225,8 @@ impl BootError {
             | BootError::KernelPanic { console_tail, .. }
             | BootError::Timeout { console_tail, .. }
             | BootError::Socket { console_tail, .. }
-            | BootError::Handshake { console_tail, .. } => Some(console_tail),
+            | BootError::Handshake { console_tail, .. }
+            | BootError::Resume { console_tail, .. } => Some(console_tail),
             _ => None,
         }
     }
@@ -254,6 +266,13 @@ pub enum VmError {
     },
     #[error(transparent)]
     Qemu(#[from] QemuError),
+    #[error("VM {vm}: snapshot to {path}: {source}")]
+    Snapshot {
+        vm: String,
+        path: PathBuf,
+        #[source]
+        source: Box<MigrationError>,
+    },
 }
 
 /// The result of `vm:exec`.
@@ -292,6 +311,8 @@ pub struct Vm {
     private_initrd: Option<PathBuf>,
     op_timeout: Duration,
     running: bool,
+    /// What a snapshot of this VM must reproduce.
+    origin: Origin,
 }
 
 static NEXT_VM: AtomicU32 = AtomicU32::new(1);
@@ -353,8 +374,11 @@ impl Vm {
             format: d.format,
             readonly: d.readonly,
         }));
+        // no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer check
+        // can miss its window and panic ("IO-APIC + timer doesn't work!"); seen in CI
+        // with several VMs booting at once on 2 cores.
         let append = format!(
-            "console=ttyS0 rdinit={AGENT_PATH} panic=-1 {}",
+            "console=ttyS0 rdinit={AGENT_PATH} panic=-1 no_timer_check {}",
             profile.append
         );
         let spec = LaunchSpec {
@@ -368,6 +392,7 @@ impl Vm {
             cpus: config.cpus,
             use_kvm: config.use_kvm,
             drives,
+            resume: false,
         };
         let mut qemu = Qemu::launch(&spec)?;
         let deadline = start + config.boot_timeout;
@@ -381,6 +406,7 @@ impl Vm {
                 private_initrd,
                 op_timeout: config.op_timeout,
                 running: true,
+                origin: Origin::new(spec, config.profile, config.boot_timeout),
             }),
             Err(failure) => {
                 let error = boot_failure(&config.name, &mut qemu, failure, config.boot_timeout);

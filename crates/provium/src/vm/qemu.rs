@@ -88,6 +88,10 @@ pub struct LaunchSpec {
     /// `-accel kvm -cpu host` instead of `-accel tcg -cpu max`.
     pub use_kvm: bool,
     pub drives: Vec<Drive>,
+    /// Start paused, waiting for a snapshot (`-incoming defer`, then QMP
+    /// `migrate-incoming`); writable drives get a throwaway overlay (`snapshot=on`)
+    /// so that VMs resumed from one snapshot never see each other's writes.
+    pub resume: bool,
 }
 
 #[derive(Debug, Error)]
@@ -532,8 +536,15 @@ fn qemu_args(spec: &LaunchSpec, agent: &Path, uart: &Path, qmp: &Path) -> Vec<St
                 opt_escape(&drive.path),
                 drive.format.as_qemu(),
                 if drive.readonly { "on" } else { "off" }
-            ),
+            ) + if spec.resume && !drive.readonly {
+                ",snapshot=on"
+            } else {
+                ""
+            },
         ]);
+    }
+    if spec.resume {
+        args.extend(["-incoming".into(), "defer".into()]);
     }
     args
 }
@@ -680,6 +691,7 @@ mod tests {
                 format: DiskFormat::Qcow2,
                 readonly: true,
             }],
+            resume: false,
         };
         let args = qemu_args(
             &spec,
@@ -697,5 +709,48 @@ mod tests {
         let uart = joined.find("-serial chardev:uart1").unwrap();
         assert!(console < uart, "ttyS0 must be the console: {joined}");
         assert!(joined.contains("name=org.provium.agent.0"));
+    }
+
+    #[test]
+    fn resume_args_wait_for_a_snapshot_and_overlay_writable_drives() {
+        let drive = |path: &str, readonly| Drive {
+            path: path.into(),
+            format: DiskFormat::Raw,
+            readonly,
+        };
+        let spec = LaunchSpec {
+            vm: "vm2".into(),
+            qemu: "qemu-system-x86_64".into(),
+            dir: "/tmp/r".into(),
+            kernel: "/boot/vmlinuz".into(),
+            initrd: "/tmp/r/initrd".into(),
+            append: "console=ttyS0".into(),
+            memory_mib: 256,
+            cpus: 1,
+            use_kvm: false,
+            drives: vec![drive("/img/root", true), drive("/img/data", false)],
+            resume: true,
+        };
+        let sock = Path::new("/tmp/r/s");
+        let args = qemu_args(&spec, sock, sock, sock);
+        let joined = args.join(" ");
+        assert!(joined.ends_with("-incoming defer"), "{joined}");
+        assert!(joined.contains("file=/img/root,format=raw,if=virtio,readonly=on "));
+        assert!(joined.contains("file=/img/data,format=raw,if=virtio,readonly=off,snapshot=on"));
+        let cold = qemu_args(
+            &LaunchSpec {
+                resume: false,
+                ..spec
+            },
+            sock,
+            sock,
+            sock,
+        );
+        assert_eq!(
+            cold.join(" "),
+            joined
+                .trim_end_matches(" -incoming defer")
+                .replace(",snapshot=on", "")
+        );
     }
 }

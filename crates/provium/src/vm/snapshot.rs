@@ -1,0 +1,530 @@
+//! Snapshots for fixtures: save a booted VM's memory and device state to a file with
+//! QEMU migration, and start any number of fresh, independent VMs from it.
+//!
+//! The migration stream goes through a descriptor Provium opens itself and passes to
+//! QEMU over QMP (`getfd` with SCM_RIGHTS, then `migrate fd:` / `migrate-incoming
+//! fd:`). QEMU 7.2 (Debian 12) has no `file:` migration URI (it arrived in 8.2), and
+//! `exec:cat > file` reports completion when the pipe took the last byte, not when
+//! `cat` wrote it, so a resume can read a truncated file. With `fd:` on a regular
+//! file QEMU's own `write(2)` calls put every byte in the file before it reports
+//! `completed`; the file size is checked against QEMU's byte count all the same.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use thiserror::Error;
+
+use super::qemu::{LaunchSpec, Qemu, QemuError};
+use super::{
+    boot_failure, handshake, stderr_suffix, BootError, BootProfile, Lease, Vm, VmError,
+    CONSOLE_TAIL_LINES, EXIT_EVIDENCE_WAIT, NEXT_VM,
+};
+use crate::qmp::QmpError;
+
+/// Deadline for a whole snapshot: quiesce, stop, and writing the state file.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline for one QMP command or the agent's quiesce answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a migration's progress is polled.
+const MIGRATION_POLL: Duration = Duration::from_millis(20);
+/// QEMU 7.2 caps migration at 32 MiB/s by default, which would make a snapshot of a
+/// stopped guest take seconds for nothing: nothing runs while the file is written.
+const MAX_BANDWIDTH: u64 = 1 << 40;
+/// The name the state file's descriptor gets in QEMU's monitor.
+const FD_NAME: &str = "provium-snapshot";
+
+/// Why saving or loading a snapshot's migration stream failed.
+#[derive(Debug, Error)]
+pub enum MigrationError {
+    #[error("cannot {action} {path}: {source}")]
+    File {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error("QEMU reported the migration {status}: {desc}{}", stderr_suffix(.stderr))]
+    Failed {
+        status: String,
+        desc: String,
+        /// QEMU's stderr, filled in when QEMU exited over it.
+        stderr: String,
+    },
+    #[error("the migration did not complete within {timeout:?} (last status: {status})")]
+    Timeout { timeout: Duration, status: String },
+    #[error("QEMU died during the migration: {reason}{}", stderr_suffix(.stderr))]
+    Died { reason: String, stderr: String },
+    #[error("{path} holds {size} bytes but QEMU sent {sent}: the snapshot is truncated")]
+    Truncated { path: PathBuf, size: u64, sent: u64 },
+}
+
+/// A snapshot that could not be loaded into a fresh QEMU.
+#[derive(Debug, Error)]
+#[error("cannot resume from {snapshot}: {source}")]
+pub struct ResumeError {
+    pub snapshot: PathBuf,
+    #[source]
+    pub source: MigrationError,
+}
+
+impl From<QemuError> for MigrationError {
+    fn from(error: QemuError) -> MigrationError {
+        match error {
+            QemuError::Qmp { source, .. } => MigrationError::Qmp(source),
+            other => MigrationError::Died {
+                reason: other.to_string(),
+                stderr: String::new(),
+            },
+        }
+    }
+}
+
+/// A file removed when the last owner lets go of it.
+#[derive(Debug)]
+struct OwnedFile(PathBuf);
+
+impl Drop for OwnedFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// How a VM was started: what a snapshot of it must reproduce exactly.
+#[derive(Debug, Clone)]
+pub(super) struct Origin {
+    /// The QEMU invocation (machine, devices, memory, CPUs, kernel, initrd, drives);
+    /// `vm` and `dir` are replaced for each VM started from it.
+    pub(super) launch: LaunchSpec,
+    pub(super) profile: BootProfile,
+    pub(super) boot_timeout: Duration,
+    /// Keeps the initrd of the snapshot a VM was resumed from, which `launch`
+    /// names, until this VM is gone or snapshotted itself.
+    initrd: Option<Arc<OwnedFile>>,
+}
+
+impl Origin {
+    pub(super) fn new(launch: LaunchSpec, profile: BootProfile, boot_timeout: Duration) -> Origin {
+        Origin {
+            launch,
+            profile,
+            boot_timeout,
+            initrd: None,
+        }
+    }
+}
+
+/// A saved VM: its migration stream plus everything needed to start an identical
+/// QEMU. Dropping it deletes its files (the initrd stays while a VM resumed from it
+/// still runs).
+#[derive(Debug)]
+pub struct Snapshot {
+    state: PathBuf,
+    origin: Origin,
+    op_timeout: Duration,
+    source_vm: String,
+    size: u64,
+    took: Duration,
+}
+
+impl Snapshot {
+    /// The migration stream file.
+    pub fn path(&self) -> &Path {
+        &self.state
+    }
+
+    /// The initrd the snapshot's QEMU booted (a hard link or copy owned by it).
+    pub fn initrd(&self) -> &Path {
+        &self.origin.launch.initrd
+    }
+
+    /// Bytes in the migration stream file.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// From the quiesce request to the complete file.
+    pub fn took(&self) -> Duration {
+        self.took
+    }
+
+    /// The VM the snapshot was taken from.
+    pub fn source_vm(&self) -> &str {
+        &self.source_vm
+    }
+
+    pub fn profile(&self) -> &BootProfile {
+        &self.origin.profile
+    }
+
+    pub fn memory_mib(&self) -> u64 {
+        self.origin.launch.memory_mib
+    }
+
+    pub fn cpus(&self) -> u32 {
+        self.origin.launch.cpus
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.state);
+    }
+}
+
+impl Vm {
+    /// Saves this VM to `path` and ends it. The agent is quiesced first (it answers
+    /// once it has stopped serving until the next `Hello`, so the saved guest is
+    /// idle on its channel), then QEMU is stopped and migrated into the file. The
+    /// VM is killed afterwards, and also when the snapshot fails: a quiesced,
+    /// stopped guest is no use to anyone.
+    pub fn snapshot(&mut self, path: &Path) -> Result<Snapshot, VmError> {
+        self.check_running("snapshot")?;
+        let start = Instant::now();
+        let initrd = path.with_extension("initrd");
+        let result = self.save(path, &initrd, start);
+        self.kill();
+        match result {
+            Ok(size) => {
+                let mut origin = self.origin.clone();
+                origin.launch.initrd = initrd.clone();
+                origin.initrd = Some(Arc::new(OwnedFile(initrd)));
+                Ok(Snapshot {
+                    state: path.to_path_buf(),
+                    origin,
+                    op_timeout: self.op_timeout,
+                    source_vm: self.name.clone(),
+                    size,
+                    took: start.elapsed(),
+                })
+            }
+            Err(error) => {
+                let _ = fs::remove_file(path);
+                let _ = fs::remove_file(&initrd);
+                Err(error)
+            }
+        }
+    }
+
+    /// Returns the state file's size.
+    fn save(&mut self, path: &Path, initrd: &Path, start: Instant) -> Result<u64, VmError> {
+        let deadline = start + SNAPSHOT_TIMEOUT;
+        let failed = |source| VmError::Snapshot {
+            vm: self.name.clone(),
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        };
+        link_or_copy(&self.origin.launch.initrd, initrd).map_err(failed)?;
+        self.link
+            .quiesce(COMMAND_TIMEOUT)
+            .map_err(|error| self.explain("snapshot", error))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| MigrationError::File {
+                action: "create",
+                path: path.to_path_buf(),
+                source,
+            })
+            .map_err(failed)?;
+        let sent = migrate_out(&mut self.qemu, &file, deadline)
+            .map_err(|error| failed(with_stderr(&mut self.qemu, error)))?;
+        let size = file
+            .metadata()
+            .map_err(|source| MigrationError::File {
+                action: "inspect",
+                path: path.to_path_buf(),
+                source,
+            })
+            .map_err(failed)?
+            .len();
+        // The file holds the RAM QEMU counted plus the device state after it.
+        if size < sent {
+            return Err(failed(MigrationError::Truncated {
+                path: path.to_path_buf(),
+                size,
+                sent,
+            }));
+        }
+        Ok(size)
+    }
+
+    /// Starts a fresh VM from `snapshot`: a new QEMU with the snapshot's exact
+    /// arguments waiting for the stream (`-incoming defer`), the stream loaded, the
+    /// guest continued, then a new agent connection on the new sockets. The guest's
+    /// writable disks get a throwaway overlay, so VMs resumed from one snapshot are
+    /// independent. `lease` is held as for [`Vm::boot`]. The whole resume has the
+    /// snapshot's boot timeout as its deadline.
+    pub fn resume(
+        snapshot: &Snapshot,
+        run_dir: &Path,
+        name: &str,
+        lease: Option<Lease>,
+    ) -> Result<Vm, BootError> {
+        let start = Instant::now();
+        let origin = &snapshot.origin;
+        let dir = run_dir.join(format!("vm{}", NEXT_VM.fetch_add(1, Ordering::Relaxed)));
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| BootError::Setup {
+                vm: name.to_string(),
+                path: dir.clone(),
+                source,
+            })?;
+        let mut launch = origin.launch.clone();
+        launch.vm = name.to_string();
+        launch.dir = dir;
+        launch.resume = true;
+        let mut qemu = Qemu::launch(&launch)?;
+        let deadline = start + origin.boot_timeout;
+        if let Err(source) = migrate_in(&mut qemu, &snapshot.state, deadline) {
+            return Err(BootError::Resume {
+                vm: name.to_string(),
+                source: Box::new(ResumeError {
+                    snapshot: snapshot.state.clone(),
+                    source: with_stderr(&mut qemu, source),
+                }),
+                console_log: qemu.console_path().to_path_buf(),
+                console_tail: qemu.console_tail(CONSOLE_TAIL_LINES),
+            });
+        }
+        match handshake(name, &qemu, deadline) {
+            Ok((link, channel)) => {
+                launch.resume = false;
+                Ok(Vm {
+                    name: name.to_string(),
+                    qemu,
+                    link,
+                    channel,
+                    lease,
+                    private_initrd: None,
+                    op_timeout: snapshot.op_timeout,
+                    running: true,
+                    origin: Origin {
+                        launch,
+                        profile: origin.profile.clone(),
+                        boot_timeout: origin.boot_timeout,
+                        initrd: origin.initrd.clone(),
+                    },
+                })
+            }
+            Err(failure) => Err(boot_failure(name, &mut qemu, failure, origin.boot_timeout)),
+        }
+    }
+}
+
+/// QEMU prints why it rejected a stream on stderr and exits: wait briefly for that.
+fn with_stderr(qemu: &mut Qemu, mut error: MigrationError) -> MigrationError {
+    if let MigrationError::Died { stderr, .. } | MigrationError::Failed { stderr, .. } = &mut error
+    {
+        qemu.wait_exit(EXIT_EVIDENCE_WAIT);
+        *stderr = qemu.stderr_text();
+    }
+    error
+}
+
+/// The snapshot must outlive the VM it came from, whose initrd may be private to it:
+/// a hard link is free on the run directory's filesystem.
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), MigrationError> {
+    let _ = fs::remove_file(to);
+    if fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|source| MigrationError::File {
+            action: "keep the initrd as",
+            path: to.to_path_buf(),
+            source,
+        })
+}
+
+/// Stops the guest and streams it into `file`; returns the RAM bytes QEMU sent.
+fn migrate_out(qemu: &mut Qemu, file: &File, deadline: Instant) -> Result<u64, MigrationError> {
+    let qmp = qemu.qmp(COMMAND_TIMEOUT)?;
+    qmp.execute("stop", None, COMMAND_TIMEOUT)?;
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(json!({ "max-bandwidth": MAX_BANDWIDTH })),
+        COMMAND_TIMEOUT,
+    )?;
+    qmp.execute_with_fd(
+        "getfd",
+        json!({ "fdname": FD_NAME }),
+        file.as_fd(),
+        COMMAND_TIMEOUT,
+    )?;
+    qmp.execute(
+        "migrate",
+        Some(json!({ "uri": format!("fd:{FD_NAME}") })),
+        COMMAND_TIMEOUT,
+    )?;
+    let info = wait_migration(qemu, deadline, SNAPSHOT_TIMEOUT)?;
+    Ok(info["ram"]["transferred"].as_u64().unwrap_or(0))
+}
+
+/// Loads `state` into a QEMU started with `-incoming defer` and continues the guest.
+fn migrate_in(qemu: &mut Qemu, state: &Path, deadline: Instant) -> Result<(), MigrationError> {
+    let file = File::open(state).map_err(|source| MigrationError::File {
+        action: "open",
+        path: state.to_path_buf(),
+        source,
+    })?;
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let qmp = qemu.qmp(timeout)?;
+    qmp.execute_with_fd(
+        "getfd",
+        json!({ "fdname": FD_NAME }),
+        file.as_fd(),
+        COMMAND_TIMEOUT,
+    )?;
+    qmp.execute(
+        "migrate-incoming",
+        Some(json!({ "uri": format!("fd:{FD_NAME}") })),
+        COMMAND_TIMEOUT,
+    )?;
+    wait_migration(qemu, deadline, timeout)?;
+    // The source was stopped when it was saved, so the loaded guest stays paused.
+    qemu.qmp(COMMAND_TIMEOUT)?
+        .execute("cont", None, COMMAND_TIMEOUT)?;
+    Ok(())
+}
+
+/// Polls `query-migrate` (the same command reports an outgoing migration on the
+/// source and the incoming one on the destination) until it completes, fails, the
+/// deadline passes or QEMU dies. Returns the final report.
+fn wait_migration(
+    qemu: &mut Qemu,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Value, MigrationError> {
+    loop {
+        if let Some(reason) = qemu.dead_reason() {
+            return Err(MigrationError::Died {
+                reason,
+                stderr: String::new(),
+            });
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let queried = qemu
+            .qmp(COMMAND_TIMEOUT)
+            .map_err(MigrationError::from)
+            .and_then(|qmp| {
+                let info = qmp.execute("query-migrate", None, remaining.min(COMMAND_TIMEOUT))?;
+                // Migration and run-state events are not needed: the report says it all.
+                qmp.take_events();
+                Ok(info)
+            });
+        let info = match queried {
+            Ok(info) => info,
+            // A QEMU that exits mid-migration resets QMP a moment before its stdout
+            // closes: give it that moment, then say why it ended.
+            Err(error) => {
+                if matches!(
+                    error,
+                    MigrationError::Qmp(QmpError::Closed { .. } | QmpError::Io { .. })
+                ) {
+                    qemu.wait_exit(EXIT_EVIDENCE_WAIT);
+                }
+                return Err(match qemu.dead_reason() {
+                    Some(reason) => MigrationError::Died {
+                        reason,
+                        stderr: String::new(),
+                    },
+                    None => error,
+                });
+            }
+        };
+        let status = info["status"].as_str().unwrap_or("none").to_string();
+        match status.as_str() {
+            "completed" => return Ok(info),
+            "failed" | "cancelled" => {
+                let desc = info["error-desc"]
+                    .as_str()
+                    .unwrap_or("no reason given (see qemu.stderr)")
+                    .to_string();
+                return Err(MigrationError::Failed {
+                    status,
+                    desc,
+                    stderr: String::new(),
+                });
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(MigrationError::Timeout { timeout, status });
+        }
+        std::thread::sleep(MIGRATION_POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_errors_name_their_evidence() {
+        let error = VmError::Snapshot {
+            vm: "fixture:base".into(),
+            path: "/r/fixture-base.snap".into(),
+            source: Box::new(MigrationError::Truncated {
+                path: "/r/fixture-base.snap".into(),
+                size: 10,
+                sent: 20,
+            }),
+        };
+        assert_eq!(
+            error.to_string(),
+            "VM fixture:base: snapshot to /r/fixture-base.snap: /r/fixture-base.snap holds \
+             10 bytes but QEMU sent 20: the snapshot is truncated"
+        );
+        let error = BootError::Resume {
+            vm: "a.lua#1".into(),
+            source: Box::new(ResumeError {
+                snapshot: "/r/f.snap".into(),
+                source: MigrationError::Died {
+                    reason: "QEMU exited".into(),
+                    stderr: "qemu-system-x86_64: Unknown savevm section".into(),
+                },
+            }),
+            console_log: "/r/vm3/console.log".into(),
+            console_tail: String::new(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "VM a.lua#1: cannot resume from /r/f.snap: QEMU died during the migration: \
+             QEMU exited; QEMU stderr: qemu-system-x86_64: Unknown savevm section"
+        );
+        assert_eq!(error.console_log(), Some(Path::new("/r/vm3/console.log")));
+    }
+
+    #[test]
+    fn link_or_copy_keeps_the_bytes_after_the_original_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = dir.path().join("initrd.img");
+        let kept = dir.path().join("f.initrd");
+        fs::write(&original, b"cpio").unwrap();
+        fs::write(&kept, b"stale").unwrap();
+        link_or_copy(&original, &kept).unwrap();
+        fs::remove_file(&original).unwrap();
+        assert_eq!(fs::read(&kept).unwrap(), b"cpio");
+        let target = dir.path().join("x");
+        let missing = link_or_copy(&original, &target).unwrap_err().to_string();
+        assert!(
+            missing.starts_with(&format!("cannot keep the initrd as {}: ", target.display())),
+            "{missing}"
+        );
+    }
+}
