@@ -35,6 +35,7 @@ const EXEC_TARGET: Duration = Duration::from_millis(20);
 type Section = fn(&Bench) -> Result<()>;
 
 /// The sections, in order; `BENCH_SECTIONS` (comma-separated names) selects some.
+/// `transfers` comes last because a failing fallback ends the bench.
 const SECTIONS: [(&str, Section); 3] = [
     ("boot", boot_times),
     ("round-trips", round_trips),
@@ -275,7 +276,8 @@ fn transfer(vm: &Vm, data: &[u8]) -> Result<(Duration, Duration)> {
 
 /// 8 MiB each way over virtio-serial and over ttyS1 (virtio_console blacklisted, the
 /// way `tests/vm_boot.rs` forces the fallback), interleaved run by run. A failed
-/// fallback transfer is reported with its evidence and ends the fallback runs only.
+/// fallback transfer ends the fallback runs only; the figures are printed, then its
+/// evidence, and the bench fails.
 fn transfers(bench: &Bench) -> Result<()> {
     let data = payload();
     let virtio = bench.boot("xfer-virtio", bench.profile(""), AgentChannel::VirtioSerial)?;
@@ -357,7 +359,7 @@ fn transfers(bench: &Bench) -> Result<()> {
         for line in &counters[counters.len().saturating_sub(2)..] {
             println!("    guest ttyS1 counters (latest): {line}");
         }
-        return Ok(());
+        return Err(error.context("the ttyS1 fallback transfers failed (figures above)"));
     }
     // The guest's own count of bytes received and lost (overruns) on ttyS1.
     let serial = uart.exec(&format!("cat {SERIAL_COUNTERS}"))?;
