@@ -34,6 +34,11 @@ pub enum LinkKind {
 /// How long to wait before reading a virtio port again after EOF (no host attached).
 const HOST_ABSENT_RETRY: Duration = Duration::from_millis(20);
 
+/// On the UART, a `Credit` goes back once this many bytes have been read off the
+/// tty. Must not exceed the host's window (`UART_WINDOW` in the host's link.rs,
+/// 16 KiB), or the host would wait for a credit that never comes.
+const CREDIT_BATCH: usize = 4 * 1024;
+
 #[derive(Clone, Copy)]
 enum WorkerKind {
     Process(i32),
@@ -114,6 +119,8 @@ impl Router {
         let mut reader = FrameReader::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut reported_skip = 0;
+        // Bytes read off the UART and not yet credited back to the host.
+        let mut uncredited = 0usize;
         loop {
             let n = match link.read(&mut buf) {
                 Ok(0) if kind == LinkKind::Unix => break,
@@ -134,9 +141,25 @@ impl Router {
                 }
             };
             reader.push(&buf[..n]);
+            if kind == LinkKind::Uart {
+                uncredited += n;
+                // Credited as soon as read: the router hands requests to workers
+                // without blocking, so these bytes have left the tty's buffers.
+                if uncredited >= CREDIT_BATCH {
+                    let bytes = u32::try_from(uncredited).unwrap_or(u32::MAX);
+                    send(&self.writer, MAIN_CHANNEL, 0, &Message::Credit { bytes });
+                    uncredited -= bytes as usize;
+                }
+            }
             loop {
                 match reader.next_frame() {
                     Ok(None) => break,
+                    // The host's window restarts with each handshake (it may have
+                    // sent Hellos the tty discarded), and so does the count.
+                    Ok(Some(frame)) if is_hello(&frame) => {
+                        uncredited = 0;
+                        self.route(frame);
+                    }
                     Ok(Some(frame)) => self.route(frame),
                     Err(ProtoError::PayloadChecksum { channel, seq }) => self.refuse(
                         channel,
@@ -207,7 +230,7 @@ impl Router {
                 return;
             }
             Message::Request(req) => req,
-            Message::HelloAck { .. } | Message::Response(_) => return,
+            Message::HelloAck { .. } | Message::Credit { .. } | Message::Response(_) => return,
         };
         if self.quiesced {
             return;
@@ -403,6 +426,11 @@ impl Router {
             .map_err(sock_err)?;
         Ok(())
     }
+}
+
+/// Decodes only small frames, so an 8 MiB write is not decoded twice.
+fn is_hello(frame: &Frame) -> bool {
+    frame.payload.len() <= 16 && matches!(frame.message(), Ok(Message::Hello { .. }))
 }
 
 /// Copies a worker's answers to the link; when the worker ends, records why and

@@ -197,6 +197,22 @@ mod tests {
     }
 
     #[test]
+    fn pinned_credit_frame() {
+        let msg = Message::Credit { bytes: 4096 };
+        assert_eq!(hex(&msg.encode()), "0300100000");
+        let f = encode_message(0, 0, &msg).unwrap();
+        assert_eq!(
+            Frame::message(&{
+                let mut r = FrameReader::new();
+                r.push(&f);
+                r.next_frame().unwrap().unwrap()
+            })
+            .unwrap(),
+            msg
+        );
+    }
+
+    #[test]
     fn pinned_syscall_payload() {
         let msg = Message::Request(Request::Syscall {
             nr: 39,

@@ -170,12 +170,19 @@ pub enum Message {
     HelloAck {
         version: u32,
     },
+    /// Sent by the agent only on the ttyS1 fallback: it has consumed `bytes` more
+    /// bytes of the host's stream, so the host may send that many more. The UART
+    /// has no backpressure of its own (see `docs/protocol.md`, "Flow control").
+    Credit {
+        bytes: u32,
+    },
     Request(Request),
     Response(Response),
 }
 
 const TAG_HELLO: u8 = 0x01;
 const TAG_HELLO_ACK: u8 = 0x02;
+const TAG_CREDIT: u8 = 0x03;
 
 impl Message {
     pub fn encode(&self) -> Vec<u8> {
@@ -188,6 +195,10 @@ impl Message {
             Message::HelloAck { version } => {
                 w = Writer::new(TAG_HELLO_ACK);
                 w.u32(*version);
+            }
+            Message::Credit { bytes } => {
+                w = Writer::new(TAG_CREDIT);
+                w.u32(*bytes);
             }
             Message::Request(req) => w = req.encode(),
             Message::Response(resp) => w = resp.encode(),
@@ -204,6 +215,9 @@ impl Message {
             },
             TAG_HELLO_ACK => Message::HelloAck {
                 version: r.u32("version")?,
+            },
+            TAG_CREDIT => Message::Credit {
+                bytes: r.u32("bytes")?,
             },
             0x10..=0x3f => Message::Request(Request::decode(tag, &mut r)?),
             0x40..=0x7f => Message::Response(Response::decode(tag, &mut r)?),

@@ -214,8 +214,44 @@ fn agent_falls_back_to_the_uart_without_a_virtio_console() {
     let mut profile = default_profile();
     // The agent cannot load virtio_console, so it serves on ttyS1.
     profile.append = "module_blacklist=virtio_console".into();
-    let vm = Vm::boot(VmConfig::new("uart-test", profile, dir.path()), None)
+    let mut config = VmConfig::new("uart-test", profile, dir.path());
+    // Without flow control the guest tty dropped bytes of a large write and the
+    // call waited for the rest of its frame until this deadline.
+    config.op_timeout = Duration::from_secs(180);
+    let vm = Vm::boot(config, None)
         .unwrap_or_else(|e| panic!("{e}\n{}", e.console_tail().unwrap_or_default()));
     assert_eq!(vm.channel(), AgentChannel::Uart);
     assert_eq!(vm.exec("echo over-uart").unwrap().stdout, b"over-uart\n");
+
+    // 8 MiB of a non-repeating pattern, so a dropped or repeated byte shows.
+    let data: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i ^ (i >> 8) ^ (i >> 16)) as u8)
+        .collect();
+    let start = Instant::now();
+    vm.write_file("/tmp/big.bin", &data)
+        .unwrap_or_else(|e| panic!("8 MiB write over the UART: {e}"));
+    let wrote = start.elapsed();
+    let start = Instant::now();
+    let back = vm
+        .read_file("/tmp/big.bin")
+        .unwrap_or_else(|e| panic!("8 MiB read over the UART: {e}"));
+    let read = start.elapsed();
+    let mb = data.len() as f64 / 1e6;
+    eprintln!(
+        "uart 8 MiB: write {wrote:?} ({:.2} MB/s), read {read:?} ({:.2} MB/s)",
+        mb / wrote.as_secs_f64(),
+        mb / read.as_secs_f64()
+    );
+    assert!(
+        back == data,
+        "8 MiB read back differs from what was written"
+    );
+    let overruns = vm.exec("cat /proc/tty/driver/serial").unwrap().stdout;
+    eprintln!("{}", String::from_utf8_lossy(&overruns));
+    let ttys1 = String::from_utf8_lossy(&overruns)
+        .lines()
+        .find(|l| l.starts_with("1:"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(!ttys1.contains(" bo:"), "ttyS1 buffer overruns: {ttys1}");
 }

@@ -12,7 +12,7 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use provium_proto::{
@@ -28,6 +28,12 @@ pub type Liveness = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 const LIVENESS_POLL: Duration = Duration::from_millis(50);
 /// How often the handshake repeats `Hello` while the guest is not yet listening.
 const HELLO_INTERVAL: Duration = Duration::from_millis(250);
+
+/// On the ttyS1 fallback, how many bytes the host may have sent that the agent has
+/// not yet credited back. QEMU's 8250 has no flow control on a socket chardev and
+/// the guest tty drops input past its 64 KiB of flip buffers, so the window stays
+/// well below that. The agent credits every 4 KiB it reads (`CREDIT_BATCH`).
+pub const UART_WINDOW: u64 = 16 * 1024;
 
 /// A failed exchange with the agent; every variant names the VM and the operation.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +128,9 @@ struct State {
     lost: Option<String>,
     pending: HashMap<u32, Pending>,
     hello: Option<Sender<u32>>,
+    /// Bytes the host may still send before the agent's next `Credit`; `None` when
+    /// the channel has its own backpressure (virtio-serial) and writes are unpaced.
+    credit: Option<u64>,
 }
 
 struct Inner {
@@ -129,6 +138,8 @@ struct Inner {
     liveness: Liveness,
     writer: Mutex<UnixStream>,
     state: Arc<Mutex<State>>,
+    /// Signalled when a `Credit` arrives or the connection is lost.
+    credit_changed: Arc<Condvar>,
     next_seq: AtomicU32,
     channel_locks: Mutex<HashMap<u32, Arc<Mutex<()>>>>,
 }
@@ -170,6 +181,7 @@ impl Link {
                 liveness,
                 writer: Mutex::new(writer),
                 state: Arc::new(Mutex::new(State::default())),
+                credit_changed: Arc::new(Condvar::new()),
                 next_seq: AtomicU32::new(1),
                 channel_locks: Mutex::new(HashMap::new()),
             }),
@@ -197,6 +209,8 @@ impl Link {
             state.hello = None;
             state.generation
         };
+        // A paced write waiting for credit on the old connection gives up now.
+        self.inner.credit_changed.notify_all();
         {
             let mut w = lock(&self.inner.writer);
             let _ = w.shutdown(Shutdown::Both);
@@ -204,6 +218,13 @@ impl Link {
         }
         self.start_reader(stream, generation)?;
         self.hello(handshake_timeout)
+    }
+
+    /// Paces every later request with the agent's credits (the ttyS1 fallback, where
+    /// nothing else stops the host from overrunning the guest tty). The window
+    /// restarts at [`UART_WINDOW`] with each handshake.
+    pub fn pace_for_uart(&self) {
+        lock(&self.inner.state).credit = Some(UART_WINDOW);
     }
 
     /// The VM name errors carry.
@@ -251,7 +272,7 @@ impl Link {
             state.pending.insert(channel, Pending { seq, tx });
         }
         let result = self
-            .write_frame(&frame, deadline, timeout, op, channel)
+            .write_frame(&frame, deadline, timeout, op, channel, true)
             .and_then(|()| self.wait(&rx, deadline, timeout, op, channel));
         {
             let mut state = lock(&self.inner.state);
@@ -298,9 +319,10 @@ impl Link {
 
     fn start_reader(&self, stream: UnixStream, generation: u64) -> Result<(), LinkError> {
         let state = Arc::clone(&self.inner.state);
+        let credit_changed = Arc::clone(&self.inner.credit_changed);
         std::thread::Builder::new()
             .name(format!("link-{}", self.inner.vm))
-            .spawn(move || read_loop(stream, state, generation))
+            .spawn(move || read_loop(stream, state, &credit_changed, generation))
             .map(|_| ())
             .map_err(|source| self.io("start reader", source))
     }
@@ -325,7 +347,11 @@ impl Link {
                 channel: 0,
                 source,
             })?;
-            if let Err(e) = self.write_frame(&frame, deadline, handshake_timeout, "handshake", 0) {
+            // Unpaced: Hellos sent before the agent opened the tty are never credited,
+            // and the window restarts when the answer arrives.
+            if let Err(e) =
+                self.write_frame(&frame, deadline, handshake_timeout, "handshake", 0, false)
+            {
                 break Err(e);
             }
             let resend_at = (Instant::now() + HELLO_INTERVAL).min(deadline);
@@ -415,8 +441,76 @@ impl Link {
         }
     }
 
+    /// Takes up to `want` bytes of credit, waiting for the agent's `Credit` while
+    /// there is none; unpaced links get `want` at once. `generation` is the
+    /// connection the frame is being written to: credit from a newer one is not its.
+    #[allow(clippy::too_many_arguments)]
+    fn take_credit(
+        &self,
+        want: usize,
+        generation: u64,
+        deadline: Instant,
+        timeout: Duration,
+        op: &'static str,
+        channel: u32,
+    ) -> Result<usize, LinkError> {
+        let mut state = lock(&self.inner.state);
+        loop {
+            match state.credit {
+                None => return Ok(want),
+                Some(0) => {}
+                Some(avail) => {
+                    let n = want.min(usize::try_from(avail).unwrap_or(usize::MAX));
+                    state.credit = Some(avail - n as u64);
+                    return Ok(n);
+                }
+            }
+            let lost = if state.generation != generation {
+                Some("the connection was replaced".to_string())
+            } else {
+                state.lost.clone()
+            };
+            if let Some(reason) = lost {
+                drop(state);
+                // The VM's own account (QEMU exit, panic) is better evidence.
+                self.check_alive(op, channel)?;
+                return Err(LinkError::Disconnected {
+                    vm: self.inner.vm.clone(),
+                    op,
+                    channel,
+                    reason,
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LinkError::Timeout {
+                    vm: self.inner.vm.clone(),
+                    op,
+                    channel,
+                    waited: timeout,
+                });
+            }
+            let (guard, _) = self
+                .inner
+                .credit_changed
+                .wait_timeout(state, (deadline - now).min(LIVENESS_POLL))
+                .unwrap_or_else(|e| e.into_inner());
+            drop(guard);
+            self.check_alive(op, channel)?;
+            state = lock(&self.inner.state);
+        }
+    }
+
+    /// Returns credit taken for bytes that were never written.
+    fn give_back_credit(&self, bytes: usize) {
+        if let Some(avail) = lock(&self.inner.state).credit.as_mut() {
+            *avail += bytes as u64;
+        }
+    }
+
     /// Writes a whole frame in slices so a guest that stops reading cannot block the
-    /// caller past its deadline.
+    /// caller past its deadline. A `paced` write on the UART sends no more than the
+    /// agent has credited.
     fn write_frame(
         &self,
         frame: &[u8],
@@ -424,13 +518,56 @@ impl Link {
         timeout: Duration,
         op: &'static str,
         channel: u32,
+        paced: bool,
     ) -> Result<(), LinkError> {
         let mut w = lock(&self.inner.writer);
         w.set_write_timeout(Some(LIVENESS_POLL))
             .map_err(|source| self.io(op, source))?;
+        let generation = lock(&self.inner.state).generation;
         let mut written = 0;
-        while written < frame.len() {
-            match w.write(&frame[written..]) {
+        let mut allowed = if paced { 0 } else { frame.len() };
+        let result = self.write_slices(
+            &mut w,
+            frame,
+            (&mut written, &mut allowed),
+            generation,
+            deadline,
+            timeout,
+            op,
+            channel,
+        );
+        if paced && result.is_err() {
+            self.give_back_credit(allowed - written);
+        }
+        result
+    }
+
+    /// `write_frame`'s loop; `progress` is (bytes written, bytes credited so far).
+    #[allow(clippy::too_many_arguments)]
+    fn write_slices(
+        &self,
+        w: &mut UnixStream,
+        frame: &[u8],
+        progress: (&mut usize, &mut usize),
+        generation: u64,
+        deadline: Instant,
+        timeout: Duration,
+        op: &'static str,
+        channel: u32,
+    ) -> Result<(), LinkError> {
+        let (written, allowed) = progress;
+        while *written < frame.len() {
+            if *written == *allowed {
+                *allowed += self.take_credit(
+                    frame.len() - *written,
+                    generation,
+                    deadline,
+                    timeout,
+                    op,
+                    channel,
+                )?;
+            }
+            match w.write(&frame[*written..*allowed]) {
                 Ok(0) => {
                     return Err(LinkError::Disconnected {
                         vm: self.inner.vm.clone(),
@@ -439,7 +576,7 @@ impl Link {
                         reason: "the agent socket accepts no more data".to_string(),
                     })
                 }
-                Ok(n) => written += n,
+                Ok(n) => *written += n,
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -493,7 +630,12 @@ impl DeliveryResult for u32 {
     }
 }
 
-fn read_loop(mut stream: UnixStream, state: Arc<Mutex<State>>, generation: u64) {
+fn read_loop(
+    mut stream: UnixStream,
+    state: Arc<Mutex<State>>,
+    credit_changed: &Condvar,
+    generation: u64,
+) {
     let mut reader = FrameReader::new();
     let mut buf = vec![0u8; 64 * 1024];
     let reason = loop {
@@ -518,8 +660,22 @@ fn read_loop(mut stream: UnixStream, state: Arc<Mutex<State>>, generation: u64) 
                 return;
             }
             if let Ok(Message::HelloAck { version }) = delivery {
+                // The agent restarts its count at each Hello, so the window restarts;
+                // only during a handshake, before any paced byte, since a late answer
+                // to an earlier Hello would otherwise refill a window in use.
+                if st.hello.is_some() && st.credit.is_some() {
+                    st.credit = Some(UART_WINDOW);
+                    credit_changed.notify_all();
+                }
                 if let Some(tx) = &st.hello {
                     let _ = tx.send(version);
+                }
+                continue;
+            }
+            if let Ok(Message::Credit { bytes }) = delivery {
+                if let Some(avail) = st.credit.as_mut() {
+                    *avail += u64::from(bytes);
+                    credit_changed.notify_all();
                 }
                 continue;
             }
@@ -536,6 +692,7 @@ fn read_loop(mut stream: UnixStream, state: Arc<Mutex<State>>, generation: u64) 
         // Dropping the senders wakes every waiter with `Disconnected`.
         st.pending.clear();
         st.hello = None;
+        credit_changed.notify_all();
     }
 }
 
@@ -697,6 +854,112 @@ mod tests {
             matches!(err, LinkError::Disconnected { .. }),
             "expected a lost connection, got {err}"
         );
+    }
+
+    /// A UART-like agent: answers the handshake, credits every 4 KiB it reads when
+    /// `credits` is set, answers a `WriteFile` with `Done`, and records how many
+    /// bytes it has read.
+    fn uart_agent(mut stream: UnixStream, credits: bool, read: Arc<AtomicU32>) {
+        std::thread::spawn(move || {
+            let mut reader = FrameReader::new();
+            let mut buf = [0u8; 1024];
+            let mut uncredited = 0;
+            loop {
+                let n = match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                read.fetch_add(n as u32, Ordering::SeqCst);
+                reader.push(&buf[..n]);
+                let mut out = Vec::new();
+                while let Ok(Some(frame)) = reader.next_frame() {
+                    let reply = match frame.message().unwrap() {
+                        Message::Hello { .. } => {
+                            uncredited = 0;
+                            Message::HelloAck {
+                                version: PROTOCOL_VERSION,
+                            }
+                        }
+                        _ => Message::Response(Response::Done),
+                    };
+                    out.extend(encode_message(frame.channel, frame.seq, &reply).unwrap());
+                }
+                uncredited += n;
+                if credits && uncredited >= 4096 {
+                    let credit = Message::Credit {
+                        bytes: uncredited as u32,
+                    };
+                    out.extend(encode_message(0, 0, &credit).unwrap());
+                    uncredited = 0;
+                }
+                if stream.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn big_write() -> Request {
+        Request::WriteFile {
+            path: "/big".into(),
+            data: vec![7; 1 << 20],
+            mode: None,
+        }
+    }
+
+    #[test]
+    fn paced_link_stops_at_the_window_without_credit() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let read = Arc::new(AtomicU32::new(0));
+        uart_agent(guest, false, Arc::clone(&read));
+        let link = Link::connect("t", host, alive(), Duration::from_secs(5)).unwrap();
+        let after_hello = read.load(Ordering::SeqCst);
+        link.pace_for_uart();
+        let err = link
+            .call(0, &big_write(), Duration::from_millis(500))
+            .unwrap_err();
+        assert!(matches!(err, LinkError::Timeout { .. }), "{err}");
+        let paced = u64::from(read.load(Ordering::SeqCst) - after_hello);
+        assert_eq!(paced, UART_WINDOW, "bytes sent without credit");
+    }
+
+    #[test]
+    fn waiting_for_credit_ends_when_the_vm_dies() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        uart_agent(guest, false, Arc::new(AtomicU32::new(0)));
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&dead);
+        let liveness: Liveness = Arc::new(move || {
+            flag.load(Ordering::SeqCst)
+                .then(|| "QEMU exited with status 1".to_string())
+        });
+        let link = Link::connect("t", host, liveness, Duration::from_secs(5)).unwrap();
+        link.pace_for_uart();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            dead.store(true, Ordering::SeqCst);
+        });
+        let start = Instant::now();
+        let err = link
+            .call(0, &big_write(), Duration::from_secs(60))
+            .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(3));
+        assert!(matches!(err, LinkError::VmDead { .. }), "{err}");
+    }
+
+    #[test]
+    fn paced_link_sends_everything_as_credits_arrive() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let read = Arc::new(AtomicU32::new(0));
+        uart_agent(guest, true, Arc::clone(&read));
+        let link = Link::connect("t", host, alive(), Duration::from_secs(5)).unwrap();
+        link.pace_for_uart();
+        for _ in 0..2 {
+            assert_eq!(
+                link.call(0, &big_write(), Duration::from_secs(20)).unwrap(),
+                Response::Done
+            );
+        }
     }
 
     #[test]

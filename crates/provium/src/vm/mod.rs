@@ -714,6 +714,11 @@ fn handshake(
                         cancel.store(true, Ordering::Release);
                     }
                 }
+                // The UART has no backpressure of its own: pace the host's writes
+                // with the agent's credits. Virtio-serial stays unpaced.
+                if channel == AgentChannel::Uart {
+                    link.pace_for_uart();
+                }
                 won = Some((link, channel));
             }
             Ok(_) => {}
