@@ -1039,36 +1039,36 @@ fn syscall_results(lua: &Lua, outcome: SyscallOutcome) -> mlua::Result<MultiValu
 }
 
 fn syscall_bufs(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
-    const OP: &str = "syscall_bufs";
-    let nr = syscall_number(OP, a).map_err(fail)?;
-    let rest = a.get(2..).unwrap_or(&[]);
-    args::check_arg_count(OP, rest.len()).map_err(fail)?;
-    let table = args::table(OP, arg(a, 1), "argument 2 (buffers)").map_err(fail)?;
-    let bufs = args::buffers(OP, &table, rest.len()).map_err(fail)?;
-    let indices: Vec<u32> = bufs.iter().map(|b| b.arg_idx).collect();
-    let argv = args::syscall_args(OP, rest, &indices).map_err(fail)?;
-    let result = this
-        .syscall(Request::Syscall {
-            nr,
-            args: argv,
-            bufs,
-            ptrs: Vec::new(),
-        })
-        .map_err(fail)?;
-    syscall_results(lua, result)
+    buffered_syscall(lua, this, a, "syscall_bufs", false)
 }
 
 fn syscall_ptr(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
-    const OP: &str = "syscall_ptr";
-    let nr = syscall_number(OP, a).map_err(fail)?;
-    let rest = a.get(3..).unwrap_or(&[]);
-    args::check_arg_count(OP, rest.len()).map_err(fail)?;
-    let table = args::table(OP, arg(a, 1), "argument 2 (buffers)").map_err(fail)?;
-    let bufs = args::buffers(OP, &table, rest.len()).map_err(fail)?;
-    let ptr_table = args::table(OP, arg(a, 2), "argument 3 (pointers)").map_err(fail)?;
-    let ptrs = args::ptr_patches(OP, &ptr_table, &bufs).map_err(fail)?;
+    buffered_syscall(lua, this, a, "syscall_ptr", true)
+}
+
+/// `nr, {[idx] = data}, [ptrs,] a1..`: the buffer table, then (for `syscall_ptr`) the
+/// pointer specs, then the integer arguments.
+fn buffered_syscall(
+    lua: &Lua,
+    this: &LuaVm,
+    a: &[Value],
+    op: &'static str,
+    with_ptrs: bool,
+) -> mlua::Result<MultiValue> {
+    let nr = syscall_number(op, a).map_err(fail)?;
+    let first_arg = if with_ptrs { 3 } else { 2 };
+    let rest = a.get(first_arg..).unwrap_or(&[]);
+    args::check_arg_count(op, rest.len()).map_err(fail)?;
+    let table = args::table(op, arg(a, 1), "argument 2 (buffers)").map_err(fail)?;
+    let bufs = args::buffers(op, &table, rest.len()).map_err(fail)?;
+    let ptrs = if with_ptrs {
+        let ptr_table = args::table(op, arg(a, 2), "argument 3 (pointers)").map_err(fail)?;
+        args::ptr_patches(op, &ptr_table, &bufs).map_err(fail)?
+    } else {
+        Vec::new()
+    };
     let indices: Vec<u32> = bufs.iter().map(|b| b.arg_idx).collect();
-    let argv = args::syscall_args(OP, rest, &indices).map_err(fail)?;
+    let argv = args::syscall_args(op, rest, &indices).map_err(fail)?;
     let result = this
         .syscall(Request::Syscall {
             nr,

@@ -393,12 +393,7 @@ impl Link {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(LinkError::Timeout {
-                    vm: self.inner.vm.clone(),
-                    op,
-                    channel,
-                    waited: timeout,
-                });
+                return Err(self.timeout(op, channel, timeout));
             }
             match rx.recv_timeout((deadline - now).min(LIVENESS_POLL)) {
                 Ok(v) => {
@@ -426,6 +421,16 @@ impl Link {
                     });
                 }
             }
+        }
+    }
+
+    /// The error for a wait that reached its deadline.
+    fn timeout(&self, op: &'static str, channel: u32, waited: Duration) -> LinkError {
+        LinkError::Timeout {
+            vm: self.inner.vm.clone(),
+            op,
+            channel,
+            waited,
         }
     }
 
@@ -483,12 +488,7 @@ impl Link {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(LinkError::Timeout {
-                    vm: self.inner.vm.clone(),
-                    op,
-                    channel,
-                    waited: timeout,
-                });
+                return Err(self.timeout(op, channel, timeout));
             }
             let (guard, _) = self
                 .inner
@@ -587,12 +587,7 @@ impl Link {
                 {
                     self.check_alive(op, channel)?;
                     if Instant::now() >= deadline {
-                        return Err(LinkError::Timeout {
-                            vm: self.inner.vm.clone(),
-                            op,
-                            channel,
-                            waited: timeout,
-                        });
+                        return Err(self.timeout(op, channel, timeout));
                     }
                 }
                 Err(e) => {

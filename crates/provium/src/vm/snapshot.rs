@@ -360,6 +360,18 @@ fn migrate_out(qemu: &mut Qemu, file: &File, deadline: Instant) -> Result<u64, M
         Some(json!({ "max-bandwidth": MAX_BANDWIDTH })),
         COMMAND_TIMEOUT,
     )?;
+    migrate_through_fd(qmp, "migrate", file)?;
+    let info = wait_migration(qemu, deadline, SNAPSHOT_TIMEOUT)?;
+    Ok(info["ram"]["transferred"].as_u64().unwrap_or(0))
+}
+
+/// Hands `file` to QEMU (`getfd`) and starts `command` (`migrate` or
+/// `migrate-incoming`) on it: QEMU reads or writes the snapshot file directly.
+fn migrate_through_fd(
+    qmp: &mut crate::qmp::Qmp,
+    command: &str,
+    file: &File,
+) -> Result<(), MigrationError> {
     qmp.execute_with_fd(
         "getfd",
         json!({ "fdname": FD_NAME }),
@@ -367,12 +379,11 @@ fn migrate_out(qemu: &mut Qemu, file: &File, deadline: Instant) -> Result<u64, M
         COMMAND_TIMEOUT,
     )?;
     qmp.execute(
-        "migrate",
+        command,
         Some(json!({ "uri": format!("fd:{FD_NAME}") })),
         COMMAND_TIMEOUT,
     )?;
-    let info = wait_migration(qemu, deadline, SNAPSHOT_TIMEOUT)?;
-    Ok(info["ram"]["transferred"].as_u64().unwrap_or(0))
+    Ok(())
 }
 
 /// Loads `state` into a QEMU started with `-incoming defer` and continues the guest.
@@ -384,17 +395,7 @@ fn migrate_in(qemu: &mut Qemu, state: &Path, deadline: Instant) -> Result<(), Mi
     })?;
     let timeout = deadline.saturating_duration_since(Instant::now());
     let qmp = qemu.qmp(timeout)?;
-    qmp.execute_with_fd(
-        "getfd",
-        json!({ "fdname": FD_NAME }),
-        file.as_fd(),
-        COMMAND_TIMEOUT,
-    )?;
-    qmp.execute(
-        "migrate-incoming",
-        Some(json!({ "uri": format!("fd:{FD_NAME}") })),
-        COMMAND_TIMEOUT,
-    )?;
+    migrate_through_fd(qmp, "migrate-incoming", &file)?;
     wait_migration(qemu, deadline, timeout)?;
     // The source was stopped when it was saved, so the loaded guest stays paused.
     qemu.qmp(COMMAND_TIMEOUT)?
