@@ -1,19 +1,20 @@
 //! Command-line interface: argument parsing, the `test` and `version` commands, and
-//! the process exit codes (all of them defined here, in [`Exit`]).
+//! the process exit codes (all of them defined here, in [`Exit`]). Runs themselves
+//! belong to the engine; this module turns flags into its inputs and its events into
+//! the terminal report.
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config;
-use crate::discover::{self, TestFile};
+use crate::discover;
+use crate::engine::{self, dispatch, DispatchOptions, Filters, RunPlan, Selection};
+use crate::pool::{parse_size_mib, PoolMode};
 use crate::report::{Reporter, Style};
-use crate::runs::{self, FailureRecord, RunContext, RunDir};
-use crate::schedule::dispatch::{self, DispatchOptions};
-use crate::schedule::pool::{parse_size_mib, Pool, PoolMode};
+use crate::runs;
 
 /// How the process ends. Several outcomes share a code (SPEC §1 has only 0 and 1),
 /// but they stay distinct up to here so "the run broke" is never mistaken for
@@ -206,83 +207,36 @@ fn test(args: TestArgs) -> anyhow::Result<Exit> {
     let config = config::load(&cwd)?;
     let found = discover::discover(&args.path)?;
     let runs_parent = runs::runs_parent();
-
-    let mut files = found.files;
-    if args.rerun_failed {
-        let record = FailureRecord::load(&runs_parent, &found.root_key)?;
-        let Some(record) = record else {
-            println!(
-                "no previous run of {} recorded in {}; nothing to rerun",
-                args.path.display(),
-                runs_parent.display()
-            );
-            return Ok(Exit::Success);
-        };
-        if record.failed.is_empty() {
-            println!(
-                "no failures in the last run of {}; nothing to rerun",
-                args.path.display()
-            );
+    let filters = Filters {
+        patterns: args.filters.clone(),
+        rerun_failed: args.rerun_failed,
+    };
+    let root_key = found.root_key.clone();
+    let test_root = found.root_dir.clone();
+    let files = match engine::select(found, &args.path, &filters, &runs_parent)? {
+        Selection::Files(files) => files,
+        Selection::NothingToRerun(why) => {
+            println!("{why}");
             return Ok(Exit::Success);
         }
-        files = select_failed(files, &record.failed);
-        if files.is_empty() {
-            println!(
-                "the files that failed in the last run of {} no longer exist; nothing to rerun",
-                args.path.display()
-            );
-            return Ok(Exit::Success);
-        }
-    }
-    let files = discover::filter(files, &args.filters);
-    if files.is_empty() {
-        if args.filters.is_empty() {
-            bail!("no .lua test files found under {}", args.path.display());
-        }
-        bail!(
-            "no test files under {} match {}",
-            args.path.display(),
-            args.filters
-                .iter()
-                .map(|f| format!("-f {f}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-    }
-
-    let run_dir = RunDir::create(&runs_parent)?;
-    let ctx = Arc::new(RunContext {
-        run_dir: run_dir.clone(),
-        test_root: found.root_dir,
-        project_root: config.root.clone(),
+    };
+    let plan = RunPlan {
+        files,
+        root_key,
+        test_root,
         config,
-        pool: Pool::new(args.pool_mode()),
-        vm_host: Default::default(),
-    });
+        runs_parent,
+        pool: args.pool_mode(),
+        dispatch: args.dispatch_options(),
+    };
 
-    dispatch::install_signal_handlers();
     let mut reporter = Reporter::new(io::stdout(), Style::detect());
     let mut output_error = None;
-    let summary = dispatch::run(files, Arc::clone(&ctx), args.dispatch_options(), |event| {
+    let summary = engine::run(plan, |event| {
         if let Err(e) = reporter.handle(&event) {
             output_error.get_or_insert(e);
         }
-    });
-    // Safety net: VM code kills its QEMUs at file end; nothing may outlive the run.
-    crate::procs::kill_all();
-    // Snapshots are large and only valid for this run; interrupted runs too.
-    crate::lua::fixture::end_run(&ctx);
-
-    if let Some(signal) = summary.interrupted_by {
-        eprintln!(
-            "provium: interrupted by {signal}; stopped {} file(s) before they ran or finished",
-            summary.not_run
-        );
-    }
-    let failed: Vec<String> = summary.failed_logs.iter().map(|f| f.name.clone()).collect();
-    let record = FailureRecord::new(found.root_key, run_dir.path().to_path_buf(), failed);
-    record.save(&runs_parent)?;
-    run_dir.remove_if_empty();
+    })?;
     if let Some(e) = output_error {
         // A closed stdout (e.g. `| head`) must not turn a failing run into a pass.
         if e.kind() != io::ErrorKind::BrokenPipe {
@@ -297,15 +251,6 @@ fn test(args: TestArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::TestsFailed
     })
-}
-
-/// The files of the current discovery whose names are in `failed` (files since
-/// deleted are dropped), in sorted order.
-fn select_failed(files: Vec<TestFile>, failed: &[String]) -> Vec<TestFile> {
-    files
-        .into_iter()
-        .filter(|f| failed.contains(&f.name))
-        .collect()
 }
 
 #[cfg(test)]

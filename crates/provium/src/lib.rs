@@ -1,14 +1,17 @@
-//! Provium host library: CLI, discovery, configuration, scheduling, the Lua test
-//! framework, VM handles and reporting.
+//! Provium host library: the engine that runs a suite, the Lua test framework, VM
+//! handles and the agent client, and reporting. The `provium` binary is a thin CLI
+//! over it (see ARCHITECTURE.md for the layers).
 
 pub mod cli;
 pub mod config;
 pub mod discover;
+pub mod engine;
+pub mod fixtures;
 pub mod lua;
+pub mod pool;
 pub mod procs;
 pub mod qmp;
 pub mod report;
 pub mod runs;
-pub mod schedule;
 pub mod shim;
 pub mod vm;

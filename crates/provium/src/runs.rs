@@ -25,7 +25,8 @@ use thiserror::Error;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::schedule::pool::Pool;
+use crate::fixtures;
+use crate::pool::Pool;
 use crate::vm::host::HostCache;
 
 /// Everything a run shares with every file it runs: read-only after the run starts,
@@ -43,6 +44,29 @@ pub struct RunContext {
     pub pool: Arc<Pool>,
     /// QEMU, accelerator and default profile, resolved on the run's first boot.
     pub vm_host: HostCache,
+    /// The run's fixtures: built once, snapshots deleted when the run closes it.
+    pub fixtures: fixtures::Registry,
+}
+
+impl RunContext {
+    /// A run's context with a fresh pool of `pool`'s kind, host cache and fixtures.
+    pub fn new(
+        run_dir: RunDir,
+        test_root: PathBuf,
+        config: Config,
+        pool: Arc<Pool>,
+        vm_host: HostCache,
+    ) -> RunContext {
+        RunContext {
+            run_dir,
+            test_root,
+            project_root: config.root.clone(),
+            config,
+            pool,
+            vm_host,
+            fixtures: fixtures::Registry::default(),
+        }
+    }
 }
 
 /// Where run directories go when `PROVIUM_RUNS_DIR` is not set.

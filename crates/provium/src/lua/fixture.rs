@@ -2,324 +2,25 @@
 //! snapshotted, and resumed fresh for every request (SPEC §5; lifecycle in
 //! docs/fixtures.md).
 //!
-//! The run's [`Registry`] maps each fixture script to its state: being built (by
-//! which thread), built (the snapshot) or failed (the script's error). The first
-//! request builds on its own thread, in a fresh Lua state with the same framework and
-//! bindings as a test file; concurrent requests wait on a condition variable with a
-//! deadline. Snapshots live in the run directory and are deleted by [`end_run`].
+//! The run's fixture registry (`crate::fixtures`) decides who builds and who waits;
+//! this binding builds through the same file life cycle as a test file (`file`), then
+//! snapshots the script's last VM, and resumes a VM per request through
+//! [`Vm::start`], as `vm:boot` does.
 
-use std::collections::HashMap;
 use std::fs;
-use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
-use std::thread::ThreadId;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use mlua::{AnyUserData, Lua, Table};
-use thiserror::Error;
+use mlua::{AnyUserData, Lua, Table, Value};
 
-use super::{execute, plain_errors, root_cause, vm_api, Execution, FileContext, PROVIUM_MODULES};
+use super::file::{run_lua_file, Execution};
+use super::{plain_errors, raise, vm_api, vm_args, FileContext, PROVIUM_MODULES};
 use crate::discover::TestFile;
-use crate::report::SubtestStatus;
-use crate::runs::{FileLog, RunContext};
-use crate::vm::snapshot::Snapshot;
-use crate::vm::Vm;
-
-/// How long a request waits for another file's build of the same fixture. A build
-/// boots a VM (30 s at most) and runs the script's setup, which may be long.
-pub const BUILD_WAIT_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Why `provium.fixture` could not hand out a VM.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-pub enum FixtureError {
-    #[error("fixture name {name:?} is not a plain name (use letters, digits, '_', '-', '.', and '/' between parts)")]
-    BadName { name: String },
-    #[error("fixture '{name}' not found; looked for {}", list_paths(.looked))]
-    NotFound { name: String, looked: Vec<PathBuf> },
-    #[error("fixture '{name}' failed: {message}")]
-    Failed {
-        name: String,
-        message: String,
-        /// The build's log, kept for the failure report.
-        log: Option<PathBuf>,
-        /// Consoles of the VMs the script booted.
-        consoles: Vec<PathBuf>,
-    },
-    #[error("fixture '{name}' depends on itself: {chain}")]
-    Cycle { name: String, chain: String },
-    #[error("fixture '{name}' was not built within {timeout:?} (another file is building it)")]
-    Timeout { name: String, timeout: Duration },
-    #[error("fixture '{name}': the run is ending")]
-    RunEnded { name: String },
-}
-
-fn list_paths(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Finds `fixtures/<name>.lua`, searching from `start` (the requesting script's
-/// directory) up to and including `root` (the test root).
-pub fn locate(name: &str, start: &Path, root: &Path) -> Result<PathBuf, FixtureError> {
-    let plain = !name.is_empty()
-        && Path::new(name)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
-    if !plain {
-        return Err(FixtureError::BadName {
-            name: name.to_string(),
-        });
-    }
-    let mut looked = Vec::new();
-    let mut dir = Some(start);
-    while let Some(current) = dir {
-        let candidate = current.join("fixtures").join(format!("{name}.lua"));
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        looked.push(candidate);
-        // A start outside the root (a single-file run) searches its own directory only.
-        if current == root || !current.starts_with(root) {
-            break;
-        }
-        dir = current.parent();
-    }
-    Err(FixtureError::NotFound {
-        name: name.to_string(),
-        looked,
-    })
-}
-
-enum Entry {
-    Building { builder: ThreadId, name: String },
-    Ready(Arc<Snapshot>),
-    Failed(FixtureError),
-}
-
-#[derive(Default)]
-struct State {
-    /// Keyed by the fixture script's path.
-    entries: HashMap<PathBuf, Entry>,
-    /// Which fixture each waiting thread waits for (to detect cross-file cycles).
-    waiting: HashMap<ThreadId, PathBuf>,
-    /// Every snapshot path handed out, built or not, for the end-of-run sweep.
-    paths: Vec<PathBuf>,
-    closed: bool,
-}
-
-/// One run's fixtures.
-#[derive(Default)]
-pub struct Registry {
-    state: Mutex<State>,
-    changed: Condvar,
-}
-
-/// What a build produced: the snapshot, or the failure every request reports.
-pub type BuildResult = Result<Snapshot, FixtureError>;
-
-thread_local! {
-    /// Fixtures this thread is building, outermost first (fixtures may use fixtures).
-    static BUILDING: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl Registry {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The snapshot of the fixture at `script`, built by `build` on this thread if no
-    /// one has started it, else awaited (up to `wait`). `build` gets the path its
-    /// snapshot must be written to.
-    pub fn get(
-        &self,
-        name: &str,
-        script: &Path,
-        snapshot_dir: &Path,
-        wait: Duration,
-        build: impl FnOnce(&Path) -> BuildResult,
-    ) -> Result<Arc<Snapshot>, FixtureError> {
-        let me = std::thread::current().id();
-        let deadline = Instant::now() + wait;
-        let mut state = self.lock();
-        loop {
-            if state.closed {
-                return Err(FixtureError::RunEnded {
-                    name: name.to_string(),
-                });
-            }
-            match state.entries.get(script) {
-                Some(Entry::Ready(snapshot)) => return Ok(Arc::clone(snapshot)),
-                Some(Entry::Failed(error)) => return Err(error.clone()),
-                Some(Entry::Building { builder, .. }) => {
-                    if let Some(chain) = cycle(&state, *builder, me, name) {
-                        return Err(FixtureError::Cycle {
-                            name: name.to_string(),
-                            chain,
-                        });
-                    }
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(FixtureError::Timeout {
-                            name: name.to_string(),
-                            timeout: wait,
-                        });
-                    }
-                    state.waiting.insert(me, script.to_path_buf());
-                    state = self
-                        .changed
-                        .wait_timeout(state, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                    state.waiting.remove(&me);
-                }
-                None => break,
-            }
-        }
-        let path = snapshot_dir.join(format!("fixture-{}.snap", state.paths.len() + 1));
-        state.paths.push(path.clone());
-        state.entries.insert(
-            script.to_path_buf(),
-            Entry::Building {
-                builder: me,
-                name: name.to_string(),
-            },
-        );
-        drop(state);
-
-        // Whatever happens to the build (even a panic), waiters must hear of it.
-        let mut guard = BuildGuard {
-            registry: self,
-            script,
-            name,
-            finished: false,
-        };
-        BUILDING.with(|b| b.borrow_mut().push(name.to_string()));
-        let result = build(&path);
-        BUILDING.with(|b| b.borrow_mut().pop());
-        guard.finished = true;
-        let mut state = self.lock();
-        let (entry, answer) = match result {
-            Ok(_) if state.closed => {
-                let ended = FixtureError::RunEnded {
-                    name: name.to_string(),
-                };
-                (Entry::Failed(ended.clone()), Err(ended))
-            }
-            Ok(snapshot) => {
-                let snapshot = Arc::new(snapshot);
-                (Entry::Ready(Arc::clone(&snapshot)), Ok(snapshot))
-            }
-            Err(error) => (Entry::Failed(error.clone()), Err(error)),
-        };
-        state.entries.insert(script.to_path_buf(), entry);
-        drop(state);
-        self.changed.notify_all();
-        answer
-    }
-
-    /// Ends the run's fixtures: every snapshot file is deleted (including one whose
-    /// build is still running, which then fails with [`FixtureError::RunEnded`]).
-    pub fn close(&self) {
-        let mut state = self.lock();
-        state.closed = true;
-        let entries = std::mem::take(&mut state.entries);
-        let paths = std::mem::take(&mut state.paths);
-        drop(state);
-        self.changed.notify_all();
-        // Resumed VMs may still hold a snapshot's Arc: remove the files by name.
-        drop(entries);
-        for path in paths {
-            let _ = fs::remove_file(&path);
-            let _ = fs::remove_file(path.with_extension("initrd"));
-        }
-    }
-}
-
-/// Marks an abandoned build (the builder panicked) as failed.
-struct BuildGuard<'a> {
-    registry: &'a Registry,
-    script: &'a Path,
-    name: &'a str,
-    finished: bool,
-}
-
-impl Drop for BuildGuard<'_> {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        BUILDING.with(|b| b.borrow_mut().pop());
-        let failed = FixtureError::Failed {
-            name: self.name.to_string(),
-            message: "the build panicked".to_string(),
-            log: None,
-            consoles: Vec::new(),
-        };
-        self.registry
-            .lock()
-            .entries
-            .insert(self.script.to_path_buf(), Entry::Failed(failed));
-        self.registry.changed.notify_all();
-    }
-}
-
-/// Waiting for a build by `builder` deadlocks when `builder` is this thread, or is
-/// itself waiting (through other builders) for a fixture this thread is building.
-/// Returns the dependency chain for the message.
-fn cycle(state: &State, builder: ThreadId, me: ThreadId, name: &str) -> Option<String> {
-    let mut chain: Vec<String> = BUILDING.with(|b| b.borrow().clone());
-    chain.push(name.to_string());
-    let mut current = builder;
-    // Each step follows a distinct thread; more steps than threads means a cycle that
-    // does not involve us, which the builders will time out on themselves.
-    for _ in 0..=state.waiting.len() {
-        if current == me {
-            return Some(chain.join(" -> "));
-        }
-        let awaited = state.waiting.get(&current)?;
-        match state.entries.get(awaited) {
-            Some(Entry::Building { builder, name }) => {
-                chain.push(name.clone());
-                current = *builder;
-            }
-            _ => return None,
-        }
-    }
-    None
-}
-
-/// Registries of the runs in this process, keyed by run directory.
-static REGISTRIES: LazyLock<Mutex<HashMap<PathBuf, Arc<Registry>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// The fixture registry of `run`.
-pub fn registry(run: &RunContext) -> Arc<Registry> {
-    let mut registries = REGISTRIES.lock().unwrap_or_else(|e| e.into_inner());
-    Arc::clone(
-        registries
-            .entry(run.run_dir.path().to_path_buf())
-            .or_default(),
-    )
-}
-
-/// Deletes the run's snapshots; called when the run ends, interrupted or not.
-pub fn end_run(run: &RunContext) {
-    let registry = REGISTRIES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(run.run_dir.path());
-    if let Some(registry) = registry {
-        registry.close();
-    }
-}
+use crate::fixtures::{locate, BuildResult, FixtureError, BUILD_WAIT_TIMEOUT};
+use crate::runs::RunContext;
+use crate::vm::{StartError, StartFrom, Vm};
 
 /// Fixture build contexts get indices far above any test file's dispatch position.
 static NEXT_FIXTURE_INDEX: AtomicUsize = AtomicUsize::new(1 << 30);
@@ -331,22 +32,33 @@ pub fn install(lua: &Lua, provium: &Table) -> mlua::Result<()> {
     provium.set("fixture", plain_errors(lua, lua.create_function(fixture)?)?)
 }
 
-fn raise(error: impl ToString) -> mlua::Error {
-    mlua::Error::RuntimeError(error.to_string())
+/// Whether a fixture failure means the infrastructure broke for the requesting file
+/// (the build or the resume failed), rather than the request being wrong.
+fn is_infrastructure(error: &FixtureError) -> bool {
+    !matches!(
+        error,
+        FixtureError::BadName { .. } | FixtureError::NotFound { .. }
+    )
 }
 
 /// `provium.fixture(name)`: a VM resumed from the fixture's snapshot, built first
 /// if this is the run's first request for it.
-fn fixture(lua: &Lua, name: String) -> mlua::Result<AnyUserData> {
+fn fixture(lua: &Lua, name: Value) -> mlua::Result<AnyUserData> {
+    let name = vm_args::text("provium.fixture", &name, "argument 1 (fixture name)")
+        .map_err(|e| raise(lua, e.to_string(), false))?;
     let ctx = FileContext::of(lua)?;
     let run = Arc::clone(ctx.run());
     // The file's path may be relative to the current directory; the root is canonical.
     let file_path = fs::canonicalize(ctx.path()).unwrap_or_else(|_| ctx.path().to_path_buf());
     let start_dir = file_path.parent().unwrap_or(&run.test_root);
-    let script = locate(&name, start_dir, &run.test_root).map_err(raise)?;
+    let fixture_error = |error: FixtureError| {
+        let broke = is_infrastructure(&error);
+        raise(lua, error.to_string(), broke)
+    };
+    let script = locate(&name, start_dir, &run.test_root).map_err(fixture_error)?;
     let script = fs::canonicalize(&script).unwrap_or(script);
     let requested = Instant::now();
-    let snapshot = registry(&run).get(
+    let snapshot = run.fixtures.get(
         &name,
         &script,
         run.run_dir.path(),
@@ -364,7 +76,7 @@ fn fixture(lua: &Lua, name: String) -> mlua::Result<AnyUserData> {
                     ctx.log(&format!("fixture '{name}': build log {}\n", log.display()));
                 }
             }
-            return Err(raise(error));
+            return Err(fixture_error(error));
         }
     };
     let waited = requested.elapsed();
@@ -373,33 +85,24 @@ fn fixture(lua: &Lua, name: String) -> mlua::Result<AnyUserData> {
         ctx.name(),
         NEXT_RESUMED.fetch_add(1, Ordering::Relaxed)
     );
-    let lease = ctx
-        .pool_slot()
-        .acquire(
-            snapshot.memory_mib(),
-            snapshot.cpus(),
-            &format!("VM {vm_name}"),
-        )
-        .map_err(raise)?;
-    // The VM holds one reference until it stops; ours marks the resume done.
-    let lease = Arc::new(lease);
     let resuming = Instant::now();
-    let vm = match Vm::resume(
-        &snapshot,
-        run.run_dir.path(),
-        &vm_name,
-        Some(Box::new(Arc::clone(&lease))),
-    ) {
+    let from = StartFrom::Resume {
+        snapshot: &snapshot,
+        run_dir: run.run_dir.path(),
+        name: &vm_name,
+    };
+    let vm = match Vm::start(ctx.pool_slot(), from) {
         Ok(vm) => vm,
         Err(error) => {
             // Registered even though the resume failed: the report shows its tail.
-            if let Some(console) = error.console_log() {
-                ctx.register_console(console.to_path_buf());
+            if let StartError::Boot(boot) = &error {
+                if let Some(console) = boot.console_log() {
+                    ctx.register_console(console.to_path_buf());
+                }
             }
-            return Err(raise(format!("fixture '{name}': {error}")));
+            return Err(raise(lua, format!("fixture '{name}': {error}"), true));
         }
     };
-    lease.booted();
     ctx.log(&format!(
         "VM {vm_name} resumed from fixture '{name}' in {:.3}s after {:.3}s getting \
          the snapshot ({}, {} bytes, taken in {:.3}s); its console is console {}\n",
@@ -413,247 +116,88 @@ fn fixture(lua: &Lua, name: String) -> mlua::Result<AnyUserData> {
     vm_api::adopt(lua, vm, &snapshot.profile().name)
 }
 
-/// Runs the fixture script in a fresh Lua state (on this thread) and snapshots the
-/// last VM it created to `path`; the script's other VMs are killed with its state.
+/// Runs the fixture script through the file life cycle (on this thread) and
+/// snapshots the last VM it created to `path`; its other VMs end with the file.
 fn build(run: &Arc<RunContext>, name: &str, script: &Path, path: &Path) -> BuildResult {
-    let started = Instant::now();
     // Relative, so its log lands in the run directory like a test file's.
     let shown = match script.strip_prefix(&run.test_root) {
         Ok(relative) => relative.display().to_string(),
         Err(_) => format!("fixtures/{name}.lua"),
     };
     let file = TestFile {
-        name: shown.clone(),
+        name: shown,
         path: script.to_path_buf(),
     };
-    let log_path = run.run_dir.log_path(&shown);
-    let log = FileLog::create(log_path.clone()).ok();
-    let index = NEXT_FIXTURE_INDEX.fetch_add(1, Ordering::Relaxed);
-    let ctx = Rc::new(FileContext::new(Arc::clone(run), &file, index, log));
-    ctx.log(&format!(
+    let header = format!(
         "provium log for fixture '{name}'\nfile: {}\nrun:  {}\n\n",
         script.display(),
         run.run_dir.path().display()
-    ));
-    // SAFETY: as for test files (`run_file`): the fixture is the user's own code and
-    // gets the full standard library; nothing else shares this state.
-    let lua = unsafe { Lua::unsafe_new() };
-    lua.set_app_data(Rc::clone(&ctx));
-    let result = run_script(&lua, run, &file).and_then(|()| {
-        let mut vm = vm_api::take_last_running(&lua).ok_or(
-            "the last VM the script created is not running (or it created none); a fixture \
+    );
+    let index = NEXT_FIXTURE_INDEX.fetch_add(1, Ordering::Relaxed);
+    let finished = run_lua_file(
+        run,
+        &file,
+        index,
+        &header,
+        PROVIUM_MODULES,
+        |_, ctx, ran| {
+            script_error(ran)?;
+            let mut vm = ctx.fleet().take_last_running().ok_or(
+                "the last VM the script created is not running (or it created none); a fixture \
              must end with its VM booted",
-        )?;
-        let snapshot = vm.snapshot(path).map_err(|e| e.to_string())?;
-        ctx.log(&format!(
-            "snapshot of VM {} written to {} ({} bytes in {:.2}s)\n",
-            snapshot.source_vm(),
-            path.display(),
-            snapshot.size(),
-            snapshot.took().as_secs_f64()
-        ));
-        Ok(snapshot)
-    });
-    ctx.run_cleanup();
-    lua.remove_app_data::<Rc<FileContext>>();
-    drop(lua);
-
-    let consoles = ctx.consoles();
+            )?;
+            let snapshot = vm.snapshot(path).map_err(|e| e.to_string())?;
+            ctx.log(&format!(
+                "snapshot of VM {} written to {} ({} bytes in {:.2}s)\n",
+                snapshot.source_vm(),
+                path.display(),
+                snapshot.size(),
+                snapshot.took().as_secs_f64()
+            ));
+            Ok(snapshot)
+        },
+    );
     let mut tail = format!(
         "\nfixture {} in {:.3}s\n",
-        if result.is_ok() { "built" } else { "FAILED" },
-        started.elapsed().as_secs_f64()
+        if finished.result.is_ok() {
+            "built"
+        } else {
+            "FAILED"
+        },
+        finished.duration.as_secs_f64()
     );
-    if let Err(message) = &result {
+    if let Err(message) = &finished.result {
         tail.push_str(&format!("error: {message}\n"));
     }
-    super::append_consoles(&mut tail, &consoles);
-    ctx.log(&tail);
-    let log = ctx.log.borrow_mut().take();
-    match result {
-        Ok(snapshot) => {
-            if let Some(log) = log {
-                log.delete(run.run_dir.path());
-            }
-            Ok(snapshot)
-        }
+    let log = finished.close_log(tail, finished.result.is_err());
+    let consoles = finished.consoles;
+    match finished.result {
+        Ok(snapshot) => Ok(snapshot),
         Err(message) => Err(FixtureError::Failed {
             name: name.to_string(),
             message,
-            log: log.map(|_| log_path),
+            log: log.ok().flatten(),
             consoles,
         }),
     }
 }
 
-/// Runs the script like a test file; any failure (a raise, a failed sub-test,
-/// `todo`, `os.exit`) is the fixture's error, with its location.
-fn run_script(lua: &Lua, run: &RunContext, file: &TestFile) -> Result<(), String> {
-    let Execution { outcome, error } = execute(lua, run, file, PROVIUM_MODULES)
-        .map_err(|e| format!("internal error: {}", root_cause(&e)))?;
-    if let Some(error) = error {
+/// Any failure of the script (a raise, a failed sub-test, `todo`, `os.exit`) is the
+/// fixture's error, with its location.
+fn script_error(ran: &Execution) -> Result<(), String> {
+    if let Some(error) = &ran.error {
         // The logged form keeps the `file:line:` the report strips; drop the traceback.
         let message = error.logged.split("\nstack traceback:").next();
         return Err(message.unwrap_or(&error.shown).to_string());
     }
-    for subtest in &outcome.subtests {
-        if let SubtestStatus::Failed { message } = &subtest.status {
+    for subtest in &ran.record.subtests {
+        if subtest.outcome.is_failure() {
+            let message = subtest.message.as_deref().unwrap_or_default();
             return Err(format!("sub-test '{}' failed: {message}", subtest.name));
         }
     }
-    if outcome.file_todo.is_some() {
+    if ran.record.file_todo.is_some() {
         return Err("the fixture script called todo()".to_string());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locate_searches_upward_to_the_root_and_names_every_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        let deep = root.join("a/b");
-        fs::create_dir_all(root.join("fixtures")).unwrap();
-        fs::create_dir_all(root.join("a/fixtures")).unwrap();
-        fs::create_dir_all(&deep).unwrap();
-        fs::write(root.join("fixtures/base.lua"), "").unwrap();
-        fs::write(root.join("a/fixtures/near.lua"), "").unwrap();
-        fs::write(root.join("fixtures/near.lua"), "").unwrap();
-
-        assert_eq!(
-            locate("base", &deep, root).unwrap(),
-            root.join("fixtures/base.lua")
-        );
-        assert_eq!(
-            locate("near", &deep, root).unwrap(),
-            root.join("a/fixtures/near.lua"),
-            "the nearest fixtures/ directory wins"
-        );
-        let error = locate("absent", &deep, root).unwrap_err();
-        assert_eq!(
-            error,
-            FixtureError::NotFound {
-                name: "absent".into(),
-                looked: vec![
-                    root.join("a/b/fixtures/absent.lua"),
-                    root.join("a/fixtures/absent.lua"),
-                    root.join("fixtures/absent.lua"),
-                ],
-            }
-        );
-        assert!(error
-            .to_string()
-            .starts_with("fixture 'absent' not found; looked for "));
-        for bad in ["", "../x", "/etc/passwd", "a b", "x/../../y"] {
-            assert!(
-                matches!(locate(bad, &deep, root), Err(FixtureError::BadName { .. })),
-                "{bad:?} accepted"
-            );
-        }
-    }
-
-    fn failed(name: &str, message: &str) -> FixtureError {
-        FixtureError::Failed {
-            name: name.into(),
-            message: message.into(),
-            log: None,
-            consoles: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn one_build_serves_concurrent_requests_and_failures_repeat() {
-        let registry = Arc::new(Registry::default());
-        let builds = Arc::new(AtomicUsize::new(0));
-        let dir = tempfile::tempdir().unwrap();
-        let handles: Vec<_> = (0..4)
-            .map(|_| {
-                let registry = Arc::clone(&registry);
-                let builds = Arc::clone(&builds);
-                let snapdir = dir.path().to_path_buf();
-                std::thread::spawn(move || {
-                    registry.get(
-                        "broken",
-                        Path::new("/t/fixtures/broken.lua"),
-                        &snapdir,
-                        Duration::from_secs(10),
-                        |path| {
-                            assert!(path.starts_with(&snapdir));
-                            builds.fetch_add(1, Ordering::SeqCst);
-                            std::thread::sleep(Duration::from_millis(200));
-                            Err(failed("broken", "broken.lua:1: boom"))
-                        },
-                    )
-                })
-            })
-            .collect();
-        for handle in handles {
-            let error = handle.join().unwrap().unwrap_err();
-            assert_eq!(error, failed("broken", "broken.lua:1: boom"));
-        }
-        assert_eq!(builds.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn a_fixture_using_itself_is_a_cycle_not_a_hang() {
-        let registry = Registry::default();
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new("/t/fixtures/loop.lua");
-        let start = Instant::now();
-        let error = registry
-            .get("loop", script, dir.path(), Duration::from_secs(30), |_| {
-                let inner = registry
-                    .get("loop", script, dir.path(), Duration::from_secs(30), |_| {
-                        unreachable!("the fixture is already being built")
-                    })
-                    .unwrap_err();
-                Err(failed("loop", &inner.to_string()))
-            })
-            .unwrap_err();
-        assert!(start.elapsed() < Duration::from_secs(5));
-        assert_eq!(
-            error,
-            failed("loop", "fixture 'loop' depends on itself: loop -> loop")
-        );
-    }
-
-    #[test]
-    fn a_panicking_build_fails_its_waiters_and_close_removes_files() {
-        let registry = Arc::new(Registry::default());
-        let dir = tempfile::tempdir().unwrap();
-        let script = PathBuf::from("/t/fixtures/p.lua");
-        let builder = {
-            let registry = Arc::clone(&registry);
-            let script = script.clone();
-            let snapdir = dir.path().to_path_buf();
-            std::thread::spawn(move || {
-                let _ = registry.get("p", &script, &snapdir, Duration::from_secs(5), |path| {
-                    fs::write(path, "partial").unwrap();
-                    std::thread::sleep(Duration::from_millis(200));
-                    panic!("build exploded");
-                });
-            })
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        let error = registry
-            .get("p", &script, dir.path(), Duration::from_secs(5), |_| {
-                unreachable!("the first request builds")
-            })
-            .unwrap_err();
-        assert_eq!(error, failed("p", "the build panicked"));
-        assert!(builder.join().is_err());
-        let leftover = dir.path().join("fixture-1.snap");
-        assert!(leftover.exists());
-        registry.close();
-        assert!(!leftover.exists(), "close() sweeps every snapshot path");
-        let error = registry
-            .get("p", &script, dir.path(), Duration::from_secs(5), |_| {
-                unreachable!("a closed registry builds nothing")
-            })
-            .unwrap_err();
-        assert_eq!(error, FixtureError::RunEnded { name: "p".into() });
-    }
 }

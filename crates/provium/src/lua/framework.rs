@@ -12,7 +12,7 @@ use std::time::Instant;
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use super::{clean_traceback, error_message, strip_location, FileContext};
-use crate::report::{SubtestReport, SubtestStatus};
+use crate::report::{Outcome, SubtestReport};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 /// Haystacks longer than this are shortened in `assert_contains` messages.
@@ -32,7 +32,7 @@ struct State {
 
 /// What the framework recorded once the file's script returned or raised.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub struct Record {
     pub subtests: Vec<SubtestReport>,
     /// `Some(reason)` when `todo()` was called outside any `test()`.
     pub file_todo: Option<Option<String>>,
@@ -73,7 +73,10 @@ impl Framework {
                 })?,
             )?;
         }
-        hooks.set("execute", lua.create_function(execute)?)?;
+        hooks.set(
+            "execute",
+            super::plain_errors(lua, lua.create_function(execute)?)?,
+        )?;
         let protected: Function = lua.load(PRELUDE).set_name("=provium prelude").call(hooks)?;
         Ok(Framework { state, protected })
     }
@@ -84,9 +87,9 @@ impl Framework {
         self.protected.call(f)
     }
 
-    pub fn finish(self) -> Outcome {
+    pub fn finish(self) -> Record {
         let mut state = self.state.borrow_mut();
-        Outcome {
+        Record {
             subtests: std::mem::take(&mut state.subtests),
             file_todo: state.file_todo.take(),
             exit_code: state.exit_code,
@@ -98,11 +101,19 @@ impl Framework {
 /// process while the command runs (so Ctrl-C would be lost for every file). Same
 /// results as Lua's: `true|nil, "exit"|"signal", code`; with no command, `true` (a
 /// shell exists). The command's output goes to the file's log, not the report.
-fn execute(lua: &Lua, cmd: Option<mlua::String>) -> mlua::Result<MultiValue> {
+fn execute(lua: &Lua, cmd: Value) -> mlua::Result<MultiValue> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::ExitStatusExt;
-    let Some(cmd) = cmd else {
-        return Ok(MultiValue::from_vec(vec![Value::Boolean(true)]));
+    let cmd = match cmd {
+        Value::Nil => return Ok(MultiValue::from_vec(vec![Value::Boolean(true)])),
+        Value::String(cmd) => cmd,
+        Value::Integer(_) | Value::Number(_) => lua.create_string(cmd.to_string()?)?,
+        other => {
+            return Err(mlua::Error::RuntimeError(format!(
+                "os.execute: argument 1 (command) must be a string, not {}",
+                super::vm_args::describe(&other)
+            )))
+        }
     };
     let output = std::process::Command::new("/bin/sh")
         .arg("-c")
@@ -210,26 +221,33 @@ fn register_test_hooks(lua: &Lua, hooks: &Table, state: &Rc<RefCell<State>>) -> 
                 let Some((name, started)) = state.current.take() else {
                     return Ok(false);
                 };
-                let elapsed = started.elapsed().as_secs_f64();
+                let duration = started.elapsed();
                 let stopping_file = state.exit_code.is_some();
-                let (status, detail) = if let Some(reason) = state.subtest_todo.take() {
-                    (SubtestStatus::Todo { reason }, None)
+                let (outcome, message, detail) = if let Some(reason) = state.subtest_todo.take() {
+                    (Outcome::Todo { reason }, None, None)
                 } else if ok || stopping_file {
-                    (SubtestStatus::Passed, None)
+                    (Outcome::Passed, None, None)
                 } else {
                     let full = error_message(&raised);
                     let message = strip_location(&full).to_string();
-                    (SubtestStatus::Failed { message }, Some((full, trace)))
+                    let outcome = FileContext::of(lua)
+                        .map(|ctx| ctx.classify(&full))
+                        .unwrap_or(Outcome::Failed);
+                    (outcome, Some(message), Some((full, trace)))
                 };
-                let word = match &status {
-                    SubtestStatus::Passed => "ok".to_string(),
-                    SubtestStatus::Failed { .. } => "FAIL".to_string(),
-                    SubtestStatus::Todo { reason: None } => "todo".to_string(),
-                    SubtestStatus::Todo {
+                let word = match &outcome {
+                    Outcome::Passed => "ok".to_string(),
+                    Outcome::Todo { reason: None } => "todo".to_string(),
+                    Outcome::Todo {
                         reason: Some(reason),
                     } => format!("todo: {reason}"),
+                    Outcome::Failed => "FAIL".to_string(),
+                    other => format!("FAIL ({})", other.name()),
                 };
-                let mut entry = format!("test \"{name}\" ... {word} ({elapsed:.3}s)\n");
+                let mut entry = format!(
+                    "test \"{name}\" ... {word} ({:.3}s)\n",
+                    duration.as_secs_f64()
+                );
                 if let Some((full, trace)) = detail {
                     let trace = trace.map(|t| clean_traceback(&t)).unwrap_or_default();
                     for line in full.lines().chain(trace.lines()) {
@@ -237,7 +255,12 @@ fn register_test_hooks(lua: &Lua, hooks: &Table, state: &Rc<RefCell<State>>) -> 
                     }
                 }
                 log(lua, &entry);
-                state.subtests.push(SubtestReport { name, status });
+                state.subtests.push(SubtestReport {
+                    name,
+                    outcome,
+                    message,
+                    duration,
+                });
                 Ok(stopping_file)
             },
         )?,

@@ -1,33 +1,38 @@
-//! The Lua test framework: one fresh Lua 5.4 state per test file.
+//! The Lua layer: one fresh Lua 5.4 state per test file, binding the framework
+//! (`test`, `todo`, asserts) and the `provium` table to the engine below it.
 //!
-//! [`run_file`] is the whole life of one test file: a new state with the full standard
-//! library, the framework globals, the `provium` table, the script, then cleanup. VM
-//! code reaches the file it serves through [`FileContext::of`], registers consoles
-//! and file-end hooks there, and adds `provium.*` functions via [`PROVIUM_MODULES`].
+//! [`file`] is the one life cycle of a Lua file (test files and fixture builds). VM
+//! bindings reach the file they serve through [`FileContext::of`], which holds the
+//! file's VMs, consoles, log and pool slot; they only convert values and call the VM
+//! layer. A binding raises through [`raise`], which remembers failures of the
+//! infrastructure so the file's outcome can say `error` rather than `failed`.
 
+pub mod file;
 pub mod fixture;
 pub mod framework;
+pub mod options;
 pub mod pack;
 pub mod vm_api;
 pub mod vm_args;
+pub mod vm_kernel;
 pub mod vm_values;
 
-use crate::schedule::pool::FileSlot;
 use std::cell::RefCell;
-use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, LazyLock};
-use std::time::Instant;
 
 use mlua::{Function, Lua, Table, Value};
 use regex::Regex;
 
 use crate::discover::TestFile;
-use crate::report::{FileReport, FileStatus, SubtestStatus};
+use crate::pool::FileSlot;
+use crate::report::Outcome;
 use crate::runs::{FileLog, RunContext};
-use framework::Framework;
+use crate::vm::fleet::Fleet;
+
+pub use file::run_file;
 
 /// Installers of the `provium` table, run in order for every file. VM bindings add
 /// their installer here (`provium.create`, `provium.fixture`, ...).
@@ -35,7 +40,7 @@ pub type ModuleInstaller = fn(&Lua, &Table) -> mlua::Result<()>;
 pub const PROVIUM_MODULES: &[ModuleInstaller] = &[pack::install, vm_api::install, fixture::install];
 
 /// Lines of the last console shown under a failing file.
-pub const CONSOLE_TAIL_LINES: usize = 20;
+pub const CONSOLE_TAIL_LINES: usize = crate::vm::CONSOLE_TAIL_LINES;
 
 const PLAIN_ERRORS: &str = include_str!("plain_errors.lua");
 const PLAIN_ERRORS_KEY: &str = "provium.plain_errors";
@@ -53,6 +58,11 @@ pub struct FileContext {
     log: RefCell<Option<FileLog>>,
     consoles: RefCell<Vec<PathBuf>>,
     cleanup: RefCell<Vec<CleanupHook>>,
+    /// The VMs the file created; whatever still runs is killed when the file ends.
+    fleet: Fleet,
+    /// Messages of infrastructure failures raised in this file (a VM that broke, a
+    /// refused boot): a failure carrying one is an `error`, not a `failed` test.
+    broken: RefCell<Vec<String>>,
     /// This file's place in the resource pool; VM boots acquire through it, and
     /// dropping it (file end) returns whatever the file still holds.
     pool_slot: FileSlot,
@@ -68,6 +78,8 @@ impl FileContext {
             log: RefCell::new(log),
             consoles: RefCell::new(Vec::new()),
             cleanup: RefCell::new(Vec::new()),
+            fleet: Fleet::default(),
+            broken: RefCell::new(Vec::new()),
             pool_slot: run.pool.enter_file(file.name.clone()),
         }
     }
@@ -89,6 +101,10 @@ impl FileContext {
 
     pub fn run(&self) -> &Arc<RunContext> {
         &self.run
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
     }
 
     /// Path relative to the test root, as reported.
@@ -126,12 +142,30 @@ impl FileContext {
     }
 
     /// Runs `hook` when the file ends, however it ends (hooks run last-registered
-    /// first). Used to kill VMs the script left running.
+    /// first, before the file's VMs are killed).
     pub fn on_file_end(&self, hook: impl FnOnce() + 'static) {
         self.cleanup.borrow_mut().push(Box::new(hook));
     }
 
-    fn run_cleanup(&self) {
+    /// Remembers that `message` reports a failure of the infrastructure.
+    pub fn note_broken(&self, message: &str) {
+        self.broken.borrow_mut().push(message.to_string());
+    }
+
+    /// How a failure with this raised message ended: `Error` when it carries an
+    /// infrastructure failure raised in this file (perhaps re-raised with more
+    /// context), `Failed` otherwise.
+    pub fn classify(&self, message: &str) -> Outcome {
+        let broken = self.broken.borrow();
+        if broken.iter().any(|b| message.contains(b.as_str())) {
+            Outcome::Error
+        } else {
+            Outcome::Failed
+        }
+    }
+
+    /// The file's end: its hooks, then every VM it left running is killed.
+    fn end(&self) {
         loop {
             // Taken one at a time so a hook may register another without a borrow clash.
             let Some(hook) = self.cleanup.borrow_mut().pop() else {
@@ -140,14 +174,31 @@ impl FileContext {
             // One failing hook must not leave the remaining VMs running.
             let _ = catch_unwind(AssertUnwindSafe(hook));
         }
+        let killed = catch_unwind(AssertUnwindSafe(|| self.fleet.kill_running()));
+        for (vm, note) in killed.unwrap_or_default() {
+            self.log(&format!(
+                "VM {vm} was still running when the file ended: {note}\n"
+            ));
+        }
     }
 }
 
 impl Drop for FileContext {
     fn drop(&mut self) {
-        // Reached without run_cleanup only when the file's thread panicked.
-        self.run_cleanup();
+        // Reached with work left only when the file's thread panicked.
+        self.end();
     }
+}
+
+/// The error a binding raises: `message` as a plain string (located at the caller by
+/// [`plain_errors`]); remembered as an infrastructure failure when `broke` says so.
+pub fn raise(lua: &Lua, message: String, broke: bool) -> mlua::Error {
+    if broke {
+        if let Ok(ctx) = FileContext::of(lua) {
+            ctx.note_broken(&message);
+        }
+    }
+    mlua::Error::RuntimeError(message)
 }
 
 /// Wraps a Rust-backed Lua function so its errors reach Lua as plain strings located
@@ -232,7 +283,48 @@ pub fn error_message(raised: &Value) -> String {
         {
             raised.to_string().unwrap_or_else(|e| e.to_string())
         }
+        Value::Table(t) => format!("(error object is a table: {})", render_table(t, 3)),
         other => format!("(error object is a {} value)", other.type_name()),
+    }
+}
+
+/// A table as Lua source would write it: the array part, then the other keys sorted,
+/// `{ ... }` below `depth` levels (tables may hold themselves).
+fn render_table(table: &Table, depth: usize) -> String {
+    if depth == 0 {
+        return "{ ... }".to_string();
+    }
+    let render = |value: &Value| match value {
+        Value::String(s) => format!("{:?}", s.to_string_lossy()),
+        Value::Table(t) => render_table(t, depth - 1),
+        Value::Integer(_) | Value::Number(_) | Value::Boolean(_) | Value::Nil => {
+            value.to_string().unwrap_or_default()
+        }
+        other => other.type_name().to_string(),
+    };
+    let length = table.raw_len();
+    let mut parts: Vec<String> = (1..=length)
+        .map(|i| render(&table.raw_get::<Value>(i).unwrap_or(Value::Nil)))
+        .collect();
+    let mut named: Vec<(String, String)> = table
+        .clone()
+        .pairs::<Value, Value>()
+        .filter_map(Result::ok)
+        .filter(|(key, _)| !matches!(key, Value::Integer(i) if *i >= 1 && (*i as usize) <= length))
+        .map(|(key, value)| {
+            let key = match &key {
+                Value::String(s) => s.to_string_lossy(),
+                other => format!("[{}]", render(other)),
+            };
+            (key, render(&value))
+        })
+        .collect();
+    named.sort();
+    parts.extend(named.into_iter().map(|(k, v)| format!("{k} = {v}")));
+    if parts.is_empty() {
+        "{}".to_string()
+    } else {
+        format!("{{ {} }}", parts.join(", "))
     }
 }
 
@@ -263,322 +355,9 @@ pub fn strip_location(message: &str) -> &str {
     }
 }
 
-/// A failure of the script outside any `test()` block.
-struct FileError {
-    /// As shown under the file in the report.
-    shown: String,
-    /// As logged: the full message and the traceback.
-    logged: String,
-}
-
-struct Execution {
-    outcome: framework::Outcome,
-    error: Option<FileError>,
-}
-
-/// Runs one test file to completion on the calling thread and reports its outcome.
-/// Its log is written as it goes and deleted when the file passes.
-/// Appends every console in full, each under its `--- console <n> ---` heading (SPEC §4).
-pub(crate) fn append_consoles(text: &mut String, consoles: &[PathBuf]) {
-    for (n, console) in consoles.iter().enumerate() {
-        text.push_str(&format!("\n--- console {} ---\n", n + 1));
-        match fs::read(console) {
-            Ok(bytes) => text.push_str(&String::from_utf8_lossy(&bytes)),
-            Err(e) => text.push_str(&format!("(cannot read {}: {e})\n", console.display())),
-        }
-    }
-}
-
-pub fn run_file(run: Arc<RunContext>, file: &TestFile, index: usize) -> FileReport {
-    run_file_with(run, file, index, PROVIUM_MODULES)
-}
-
-fn run_file_with(
-    run: Arc<RunContext>,
-    file: &TestFile,
-    index: usize,
-    modules: &[ModuleInstaller],
-) -> FileReport {
-    let started = Instant::now();
-    let log_path = run.run_dir.log_path(&file.name);
-    let (log, log_error) = match FileLog::create(log_path.clone()) {
-        Ok(log) => (Some(log), None),
-        Err(e) => (None, Some(e.to_string())),
-    };
-    let ctx = Rc::new(FileContext::new(Arc::clone(&run), file, index, log));
-    ctx.log(&format!(
-        "provium log for {}\nfile: {}\nrun:  {}\n\n",
-        file.name,
-        file.path.display(),
-        run.run_dir.path().display()
-    ));
-
-    // SAFETY: test files are the user's own code and SPEC §3 gives them the full
-    // standard library, including `debug` and C modules, which only the unsafe
-    // constructor allows. Nothing else shares this state.
-    let lua = unsafe { Lua::unsafe_new() };
-    lua.set_app_data(Rc::clone(&ctx));
-    let execution = execute(&lua, &run, file, modules).unwrap_or_else(|e| Execution {
-        outcome: framework::Outcome::default(),
-        error: Some(FileError {
-            shown: format!("internal error: {}", root_cause(&e)),
-            logged: format!("internal error: {e}"),
-        }),
-    });
-    ctx.run_cleanup();
-    lua.remove_app_data::<Rc<FileContext>>();
-    drop(lua);
-
-    let Execution { outcome, error } = execution;
-    let failed_subtest = outcome
-        .subtests
-        .iter()
-        .any(|s| matches!(s.status, SubtestStatus::Failed { .. }));
-    let status = match outcome.file_todo {
-        Some(reason) => FileStatus::Todo { reason },
-        None if error.is_some() || failed_subtest => FileStatus::Failed,
-        None => FileStatus::Passed,
-    };
-    let duration = started.elapsed();
-    let consoles = ctx.consoles();
-
-    let mut tail = format!(
-        "\nresult: {} ({:.3}s)\n",
-        match &status {
-            FileStatus::Passed => "ok",
-            FileStatus::Failed => "FAIL",
-            FileStatus::Todo { .. } => "todo",
-        },
-        duration.as_secs_f64()
-    );
-    if let Some(error) = &error {
-        tail.push_str("error outside test():\n");
-        for line in error.logged.lines() {
-            tail.push_str(&format!("    {line}\n"));
-        }
-    }
-    append_consoles(&mut tail, &consoles);
-    ctx.log(&tail);
-
-    let failed = status.is_failure();
-    let log = ctx.log.borrow_mut().take();
-    let kept_log = match log {
-        Some(log) if !failed => {
-            log.delete(run.run_dir.path());
-            None
-        }
-        Some(_) => Some(log_path),
-        None => None,
-    };
-    let mut file_error = error.map(|e| e.shown);
-    if failed {
-        if let Some(log_error) = log_error {
-            let note = format!("(log not written: {log_error})");
-            file_error = Some(match file_error {
-                Some(e) => format!("{e}\n{note}"),
-                None => note,
-            });
-        }
-    }
-    FileReport {
-        name: file.name.clone(),
-        status,
-        duration,
-        subtests: outcome.subtests,
-        file_error,
-        console_tail: match (failed, consoles.last()) {
-            (true, Some(console)) => Some(console_tail(console)),
-            _ => None,
-        },
-        log_path: kept_log,
-    }
-}
-
-fn execute(
-    lua: &Lua,
-    run: &RunContext,
-    file: &TestFile,
-    modules: &[ModuleInstaller],
-) -> mlua::Result<Execution> {
-    let framework = Framework::install(lua)?;
-    install_modules(lua, modules)?;
-    extend_package_path(lua, &run.test_root)?;
-
-    let plain = |message: String| FileError {
-        shown: message.clone(),
-        logged: message,
-    };
-    let mut source = match fs::read(&file.path) {
-        Ok(source) => source,
-        Err(e) => {
-            return Ok(Execution {
-                outcome: framework.finish(),
-                error: Some(plain(format!("cannot read {}: {e}", file.path.display()))),
-            })
-        }
-    };
-    // Like luaL_loadfile: a first line starting with '#' (a shebang) is skipped,
-    // keeping its newline so line numbers stay right.
-    if source.first() == Some(&b'#') {
-        let end = source
-            .iter()
-            .position(|&b| b == b'\n')
-            .unwrap_or(source.len());
-        source.drain(..end);
-    }
-    let chunk = lua
-        .load(&source[..])
-        .set_name(format!("@{}", file.path.display()))
-        .into_function();
-    let chunk = match chunk {
-        Ok(chunk) => chunk,
-        // A syntax error keeps its location: it is the point of the message.
-        Err(mlua::Error::SyntaxError { message, .. }) => {
-            return Ok(Execution {
-                outcome: framework.finish(),
-                error: Some(plain(message)),
-            })
-        }
-        Err(e) => return Err(e),
-    };
-    let (completed, raised, trace) = framework.run_protected(chunk)?;
-    let outcome = framework.finish();
-    let error = match outcome.exit_code {
-        Some(0) => None,
-        Some(code) => Some(plain(format!("os.exit({code}) called"))),
-        None if completed || outcome.file_todo.is_some() => None,
-        None => {
-            let full = error_message(&raised);
-            let mut logged = full.clone();
-            if let Some(trace) = trace {
-                logged.push('\n');
-                logged.push_str(&clean_traceback(&trace));
-            }
-            Some(FileError {
-                shown: strip_location(&full).to_string(),
-                logged,
-            })
-        }
-    };
-    Ok(Execution { outcome, error })
-}
-
-/// `require` also searches the test root (after Lua's default path).
-fn extend_package_path(lua: &Lua, test_root: &Path) -> mlua::Result<()> {
-    let package: Table = lua.globals().get("package")?;
-    let path: String = package.get("path")?;
-    let root = test_root.display();
-    package.set("path", format!("{path};{root}/?.lua;{root}/?/init.lua"))
-}
-
-fn console_tail(console: &Path) -> Vec<String> {
-    match fs::read(console) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..]
-                .iter()
-                .map(|l| l.trim_end_matches('\r').to_string())
-                .collect()
-        }
-        Err(e) => vec![format!("(cannot read {}: {e})", console.display())],
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runs::RunDir;
-    use crate::schedule::pool::PoolMode;
-
-    /// Stands in for VM bindings: `provium.console(path)` registers a console and
-    /// `provium.on_end(path)` registers a hook that creates `path`.
-    fn fake_vm_module(lua: &Lua, provium: &Table) -> mlua::Result<()> {
-        provium.set(
-            "console",
-            lua.create_function(|lua, path: String| {
-                Ok(FileContext::of(lua)?.register_console(PathBuf::from(path)))
-            })?,
-        )?;
-        provium.set(
-            "on_end",
-            lua.create_function(|lua, path: String| {
-                FileContext::of(lua)?.on_file_end(move || {
-                    let _ = fs::write(&path, "hook ran");
-                });
-                Ok(())
-            })?,
-        )?;
-        Ok(())
-    }
-
-    fn run_script(dir: &Path, script: &str) -> (FileReport, RunContext) {
-        let path = dir.join("vm.lua");
-        fs::write(&path, script).unwrap();
-        let run = Arc::new(RunContext {
-            run_dir: RunDir::create(&dir.join("runs")).unwrap(),
-            test_root: dir.to_path_buf(),
-            config: crate::config::Config::empty(dir),
-            project_root: dir.to_path_buf(),
-            pool: crate::schedule::pool::Pool::new(PoolMode::Auto),
-            vm_host: Default::default(),
-        });
-        let file = TestFile {
-            name: "vm.lua".into(),
-            path,
-        };
-        let report = run_file_with(Arc::clone(&run), &file, 0, &[pack::install, fake_vm_module]);
-        (report, Arc::into_inner(run).unwrap())
-    }
-
-    #[test]
-    fn consoles_reach_the_report_and_the_log_and_hooks_run_on_raise() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = dir.path().join("c1.txt");
-        let second = dir.path().join("c2.txt");
-        fs::write(&first, "first console\n").unwrap();
-        let lines: Vec<String> = (1..=30).map(|i| format!("line {i}\r")).collect();
-        fs::write(&second, lines.join("\n")).unwrap();
-        let hook_marker = dir.path().join("hook");
-        let script = format!(
-            "assert_eq(1, provium.console({first:?}))\n\
-             assert_eq(2, provium.console({second:?}))\n\
-             provium.on_end({hook:?})\n\
-             error('kernel panic')\n",
-            first = first.display().to_string(),
-            second = second.display().to_string(),
-            hook = hook_marker.display().to_string(),
-        );
-        let (report, _run) = run_script(dir.path(), &script);
-        assert_eq!(report.status, FileStatus::Failed);
-        assert_eq!(report.file_error.as_deref(), Some("kernel panic"));
-        let expected_tail: Vec<String> = (11..=30).map(|i| format!("line {i}")).collect();
-        assert_eq!(report.console_tail, Some(expected_tail));
-        assert!(hook_marker.is_file(), "cleanup hook did not run");
-        let log = fs::read_to_string(report.log_path.unwrap()).unwrap();
-        assert!(log.contains("--- console 1 ---\nfirst console\n"), "{log}");
-        assert!(log.contains("--- console 2 ---\nline 1\r\n"), "{log}");
-        assert!(log.contains("vm.lua:4: kernel panic"), "{log}");
-    }
-
-    #[test]
-    fn passing_files_with_consoles_show_no_tail_and_lose_their_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let console = dir.path().join("c.txt");
-        fs::write(&console, "booted\n").unwrap();
-        let hook_marker = dir.path().join("hook");
-        let script = format!(
-            "provium.console({c:?})\nprovium.on_end({h:?})\ntest('fine', function() end)\n",
-            c = console.display().to_string(),
-            h = hook_marker.display().to_string(),
-        );
-        let (report, run) = run_script(dir.path(), &script);
-        assert_eq!(report.status, FileStatus::Passed);
-        assert_eq!(report.console_tail, None);
-        assert_eq!(report.log_path, None);
-        assert!(hook_marker.is_file());
-        assert!(!run.run_dir.log_path("vm.lua").exists());
-    }
 
     #[test]
     fn framework_frames_leave_the_traceback() {
@@ -599,5 +378,30 @@ mod tests {
             "command failed (exit 1): cat"
         );
         assert_eq!(strip_location("expected 0, got -13"), "expected 0, got -13");
+    }
+
+    #[test]
+    fn raised_tables_are_rendered() {
+        let lua = Lua::new();
+        let raised: Value = lua
+            .load("return { code = 42, why = 'no', list = { 1, 2 } }")
+            .eval()
+            .unwrap();
+        assert_eq!(
+            error_message(&raised),
+            "(error object is a table: { code = 42, list = { 1, 2 }, why = \"no\" })"
+        );
+        let nested: Value = lua
+            .load("local t = {}; t.self = t; return t")
+            .eval()
+            .unwrap();
+        assert_eq!(
+            error_message(&nested),
+            "(error object is a table: { self = { self = { self = { ... } } } })"
+        );
+        assert_eq!(
+            error_message(&Value::Boolean(false)),
+            "(error object is a boolean value)"
+        );
     }
 }

@@ -203,7 +203,9 @@ fn lua_integer(index: usize, field: Option<Field>, value: &Value) -> Result<i64,
 
 /// Registers `pack` and `unpack` into the `provium` table.
 pub fn install(lua: &Lua, provium: &Table) -> mlua::Result<()> {
-    let pack_fn = lua.create_function(|lua, (format, values): (String, MultiValue)| {
+    let pack_fn = lua.create_function(|lua, mut args: MultiValue| {
+        let format = format_arg("provium.pack", args.pop_front().unwrap_or(Value::Nil))?;
+        let values = args;
         let fields = parse_format(&format).map_err(|e| lua_error("provium.pack", e))?;
         let ints = values
             .iter()
@@ -214,7 +216,8 @@ pub fn install(lua: &Lua, provium: &Table) -> mlua::Result<()> {
         let bytes = pack(&format, &ints).map_err(|e| lua_error("provium.pack", e))?;
         lua.create_string(bytes)
     })?;
-    let unpack_fn = lua.create_function(|_, (format, data): (String, Value)| {
+    let unpack_fn = lua.create_function(|_, (format, data): (Value, Value)| {
+        let format = format_arg("provium.unpack", format)?;
         let Value::String(data) = data else {
             return Err(lua_error(
                 "provium.unpack",
@@ -232,6 +235,12 @@ pub fn install(lua: &Lua, provium: &Table) -> mlua::Result<()> {
     provium.set("pack", super::plain_errors(lua, pack_fn)?)?;
     provium.set("unpack", super::plain_errors(lua, unpack_fn)?)?;
     Ok(())
+}
+
+/// The format argument: a string, or an error naming the function and the type.
+fn format_arg(function: &'static str, value: Value) -> mlua::Result<String> {
+    super::vm_args::text(function, &value, "argument 1 (format)")
+        .map_err(|e| mlua::Error::RuntimeError(e.to_string()))
 }
 
 fn lua_error(function: &str, error: PackError) -> mlua::Error {

@@ -75,6 +75,18 @@ pub fn describe(value: &Value) -> String {
     }
 }
 
+/// A value as a message shows it: `the string "5"`, `-1`, `a table`.
+pub fn shown(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("the string {:?}", s.to_string_lossy()),
+        Value::Integer(i) => i.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Nil => "nil".to_string(),
+        other => format!("a {}", other.type_name()),
+    }
+}
+
 fn wrong(op: &'static str, what: &str, expected: &'static str, found: &Value) -> ArgError {
     ArgError::WrongType {
         op,

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::schedule::pool::PoolMode;
+use crate::pool::PoolMode;
 
 /// One thing that happened during a run, in the order the reporter must render it.
 #[derive(Debug, Clone)]
@@ -15,12 +15,54 @@ pub enum Event {
     RunStarted { total_files: usize, pool: PoolMode },
     /// A file was handed to a worker thread.
     FileStarted { name: String },
-    /// A file ended (passed, failed, todo); rendered as one whole block.
+    /// A file ended (however it ended); rendered as one whole block.
     FileFinished(FileReport),
+    /// Something the user should know that is not a test result (the KVM fallback,
+    /// why a run stopped); shown on stderr, never glued to the live status line.
+    Notice(String),
     /// Time passed with nothing else to report; lets the live status line tick.
     Tick,
     /// After the last file ended or the run was cut short.
     RunFinished(RunSummary),
+}
+
+/// How a test file or one sub-test ended.
+///
+/// `Failed` and `Error` are kept apart all the way to the reporters: "the test found a
+/// bug" and "the VM broke under the test" call for different people. The terminal
+/// report prints both as `FAIL` (the seed's format); the message of an `Error` says
+/// what broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    /// An assertion failed, or test code raised.
+    Failed,
+    /// The infrastructure broke: a boot failed, QEMU died, the kernel panicked, the
+    /// agent is gone, the pool refused a VM, a snapshot or fixture failed.
+    Error,
+    /// The file or sub-test ran out of its time.
+    TimedOut,
+    /// `todo()` was called: never a failure, counted with the passed files.
+    Todo {
+        reason: Option<String>,
+    },
+}
+
+impl Outcome {
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failed | Outcome::Error | Outcome::TimedOut)
+    }
+
+    /// The outcome's name in machine-readable reports and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Failed => "failed",
+            Outcome::Error => "error",
+            Outcome::TimedOut => "timed-out",
+            Outcome::Todo { .. } => "todo",
+        }
+    }
 }
 
 /// The outcome of one test file.
@@ -28,7 +70,7 @@ pub enum Event {
 pub struct FileReport {
     /// Path relative to the test root (for a single-file argument, its file name).
     pub name: String,
-    pub status: FileStatus,
+    pub outcome: Outcome,
     pub duration: Duration,
     pub subtests: Vec<SubtestReport>,
     /// The script's own error outside any `test()` block, as shown to the user
@@ -40,40 +82,14 @@ pub struct FileReport {
     pub log_path: Option<PathBuf>,
 }
 
-/// How a file ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileStatus {
-    Passed,
-    Failed,
-    /// `todo()` called at file level: never fails, counted with the passed files.
-    Todo {
-        reason: Option<String>,
-    },
-}
-
-impl FileStatus {
-    pub fn is_failure(&self) -> bool {
-        matches!(self, FileStatus::Failed)
-    }
-}
-
 /// One `test(name, fn)` block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubtestReport {
     pub name: String,
-    pub status: SubtestStatus,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubtestStatus {
-    Passed,
-    /// `message` is the raised value without its `file:line:` prefix.
-    Failed {
-        message: String,
-    },
-    Todo {
-        reason: Option<String>,
-    },
+    pub outcome: Outcome,
+    /// For a failure: the raised value without its `file:line:` prefix.
+    pub message: Option<String>,
+    pub duration: Duration,
 }
 
 /// What the summary line and the `Failed test logs:` section show.

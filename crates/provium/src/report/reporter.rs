@@ -4,8 +4,8 @@
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use super::event::{Event, FileReport, FileStatus, RunSummary, SubtestStatus};
-use crate::schedule::pool::PoolMode;
+use super::event::{Event, FileReport, Outcome, RunSummary};
+use crate::pool::PoolMode;
 
 /// How decorated the output is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +47,11 @@ const ERASE_LINE: &str = "\r\x1b[2K";
 /// Redrawing faster than this only burns terminal bandwidth.
 const STATUS_REFRESH: Duration = Duration::from_millis(200);
 
-/// Writes the run's output to `out`; the only writer of stdout during a run.
+/// Writes the run's output to `out`, and notices to `notices` (stderr); the only
+/// writer of the terminal during a run, so a notice never lands on the status line.
 pub struct Reporter<W: Write> {
     out: W,
+    notices: Box<dyn Write + Send>,
     style: Style,
     total_files: usize,
     done: usize,
@@ -59,9 +61,15 @@ pub struct Reporter<W: Write> {
 }
 
 impl<W: Write> Reporter<W> {
+    /// A reporter writing notices to stderr.
     pub fn new(out: W, style: Style) -> Self {
+        Self::with_notices(out, Box::new(io::stderr()), style)
+    }
+
+    pub fn with_notices(out: W, notices: Box<dyn Write + Send>, style: Style) -> Self {
         Reporter {
             out,
+            notices,
             style,
             total_files: 0,
             done: 0,
@@ -96,6 +104,16 @@ impl<W: Write> Reporter<W> {
                 self.done += 1;
                 let block = render_file(report, self.style.color);
                 self.write_block(&block)?;
+                self.draw_status(true)?;
+            }
+            Event::Notice(text) => {
+                // Both streams usually reach one terminal: the status line goes first.
+                if self.status_drawn_at.take().is_some() {
+                    self.out.write_all(ERASE_LINE.as_bytes())?;
+                    self.out.flush()?;
+                }
+                self.notices.write_all(format!("{text}\n").as_bytes())?;
+                self.notices.flush()?;
                 self.draw_status(true)?;
             }
             Event::Tick => self.draw_status(false)?,
@@ -188,18 +206,21 @@ pub fn render_file(report: &FileReport, color: bool) -> String {
         1 => "1 test, ".to_string(),
         n => format!("{n} tests, "),
     };
-    let head = match &report.status {
-        FileStatus::Passed => format!("{} ({count}{time})", paint("ok", GREEN, color)),
-        FileStatus::Failed => format!("{} ({time})", paint("FAIL", RED, color)),
-        FileStatus::Todo { reason } => format!("{} ({time})", todo_word(reason, color)),
+    let head = match &report.outcome {
+        Outcome::Passed => format!("{} ({count}{time})", paint("ok", GREEN, color)),
+        Outcome::Failed | Outcome::Error | Outcome::TimedOut => {
+            format!("{} ({time})", paint("FAIL", RED, color))
+        }
+        Outcome::Todo { reason } => format!("{} ({time})", todo_word(reason, color)),
     };
     let mut out = format!("  {} ... {head}\n", report.name);
     for subtest in &report.subtests {
-        let status = match &subtest.status {
-            SubtestStatus::Passed => paint("ok", GREEN, color),
-            SubtestStatus::Todo { reason } => todo_word(reason, color),
-            SubtestStatus::Failed { message } => {
+        let status = match &subtest.outcome {
+            Outcome::Passed => paint("ok", GREEN, color),
+            Outcome::Todo { reason } => todo_word(reason, color),
+            Outcome::Failed | Outcome::Error | Outcome::TimedOut => {
                 // Continuation lines of a multi-line message sit under the bullet.
+                let message = subtest.message.as_deref().unwrap_or_default();
                 let message = message.trim_end().replace('\n', "\n      ");
                 format!("{}: {message}", paint("FAIL", RED, color))
             }
@@ -259,10 +280,10 @@ mod tests {
     use crate::report::event::{FailedLog, SubtestReport};
     use std::path::PathBuf;
 
-    fn report(name: &str, status: FileStatus, subtests: Vec<SubtestReport>) -> FileReport {
+    fn report(name: &str, outcome: Outcome, subtests: Vec<SubtestReport>) -> FileReport {
         FileReport {
             name: name.to_string(),
-            status,
+            outcome,
             duration: Duration::from_millis(2140),
             subtests,
             file_error: None,
@@ -271,42 +292,43 @@ mod tests {
         }
     }
 
-    fn sub(name: &str, status: SubtestStatus) -> SubtestReport {
+    fn sub(name: &str, outcome: Outcome) -> SubtestReport {
+        let message = outcome
+            .is_failure()
+            .then(|| "expected 0, got -13".to_string());
         SubtestReport {
             name: name.to_string(),
-            status,
+            outcome,
+            message,
+            duration: Duration::from_millis(5),
         }
     }
 
     #[test]
     fn passing_file_without_subtests() {
-        let block = render_file(&report("boot.lua", FileStatus::Passed, vec![]), false);
+        let block = render_file(&report("boot.lua", Outcome::Passed, vec![]), false);
         assert_eq!(block, "  boot.lua ... ok (2.1s)\n");
     }
 
     #[test]
     fn passing_file_counts_subtests() {
         let subs = vec![
-            sub("a", SubtestStatus::Passed),
+            sub("a", Outcome::Passed),
             sub(
                 "b",
-                SubtestStatus::Todo {
+                Outcome::Todo {
                     reason: Some("later".into()),
                 },
             ),
-            sub("c", SubtestStatus::Todo { reason: None }),
+            sub("c", Outcome::Todo { reason: None }),
         ];
-        let block = render_file(&report("t.lua", FileStatus::Passed, subs), false);
+        let block = render_file(&report("t.lua", Outcome::Passed, subs), false);
         assert_eq!(
             block,
             "  t.lua ... ok (3 tests, 2.1s)\n    · a ... ok\n    · b ... todo: later\n    · c ... todo\n"
         );
         let one = render_file(
-            &report(
-                "t.lua",
-                FileStatus::Passed,
-                vec![sub("a", SubtestStatus::Passed)],
-            ),
+            &report("t.lua", Outcome::Passed, vec![sub("a", Outcome::Passed)]),
             false,
         );
         assert_eq!(one, "  t.lua ... ok (1 test, 2.1s)\n    · a ... ok\n");
@@ -316,16 +338,8 @@ mod tests {
     fn failing_file_shows_error_and_console_tail() {
         let mut r = report(
             "k.lua",
-            FileStatus::Failed,
-            vec![
-                sub("basic", SubtestStatus::Passed),
-                sub(
-                    "deny",
-                    SubtestStatus::Failed {
-                        message: "expected 0, got -13".into(),
-                    },
-                ),
-            ],
+            Outcome::Failed,
+            vec![sub("basic", Outcome::Passed), sub("deny", Outcome::Failed)],
         );
         r.file_error = Some("command failed (exit 1): cat /x\nno such file".into());
         r.console_tail = Some(vec!["[    2.001] hello".into()]);
@@ -337,9 +351,9 @@ mod tests {
 
     #[test]
     fn colours_only_when_enabled() {
-        let block = render_file(&report("a.lua", FileStatus::Passed, vec![]), true);
+        let block = render_file(&report("a.lua", Outcome::Passed, vec![]), true);
         assert_eq!(block, "  a.lua ... \x1b[32mok\x1b[0m (2.1s)\n");
-        let failed = render_file(&report("a.lua", FileStatus::Failed, vec![]), true);
+        let failed = render_file(&report("a.lua", Outcome::Failed, vec![]), true);
         assert!(failed.contains("\x1b[31mFAIL\x1b[0m"));
     }
 
@@ -408,7 +422,7 @@ mod tests {
         reporter
             .handle(&Event::FileFinished(report(
                 "a.lua",
-                FileStatus::Passed,
+                Outcome::Passed,
                 vec![],
             )))
             .unwrap();
@@ -446,7 +460,7 @@ mod tests {
         reporter
             .handle(&Event::FileFinished(report(
                 "a.lua",
-                FileStatus::Passed,
+                Outcome::Passed,
                 vec![],
             )))
             .unwrap();
@@ -457,5 +471,61 @@ mod tests {
             "{text:?}"
         );
         assert!(text.ends_with("1/2 done, 0 running, 0.0s"), "{text:?}");
+    }
+    #[test]
+    fn errors_and_timeouts_print_as_fail_in_the_seed_format() {
+        for outcome in [Outcome::Error, Outcome::TimedOut] {
+            let r = report("v.lua", outcome.clone(), vec![sub("s", outcome.clone())]);
+            assert_eq!(
+                render_file(&r, false),
+                "  v.lua ... FAIL (2.1s)\n    · s ... FAIL: expected 0, got -13\n",
+                "{outcome:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn notices_go_to_their_stream_after_erasing_the_status_line() {
+        #[derive(Clone, Default)]
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let notices = Shared::default();
+        let style = Style {
+            color: false,
+            live_status: true,
+        };
+        let mut reporter = Reporter::with_notices(Vec::new(), Box::new(notices.clone()), style);
+        reporter
+            .handle(&Event::RunStarted {
+                total_files: 1,
+                pool: PoolMode::Auto,
+            })
+            .unwrap();
+        reporter
+            .handle(&Event::FileStarted {
+                name: "a.lua".into(),
+            })
+            .unwrap();
+        reporter
+            .handle(&Event::Notice("provium: KVM is unusable".into()))
+            .unwrap();
+        let out = String::from_utf8(reporter.into_inner()).unwrap();
+        let err = String::from_utf8(notices.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(err, "provium: KVM is unusable\n");
+        // The status line was erased before the notice, then drawn again.
+        assert!(
+            out.ends_with(&format!(
+                "0.0s{ERASE_LINE}{ERASE_LINE}  0/1 done, 1 running, 0.0s"
+            )),
+            "{out:?}"
+        );
     }
 }

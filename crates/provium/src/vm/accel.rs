@@ -127,24 +127,25 @@ fn find_on_path(program: &str, path_var: &std::ffi::OsStr) -> Option<PathBuf> {
         })
 }
 
-/// The accelerator for this run, decided once per process: `PROVIUM_ACCEL` when set,
-/// otherwise KVM if [`probe_kvm`] proves it works. Falling back to TCG prints one
-/// notice on stderr saying why.
-pub fn choose(qemu: &Path) -> Result<Accel, AccelError> {
-    static CHOICE: OnceLock<Result<Accel, AccelError>> = OnceLock::new();
+/// The accelerator, decided once per process: `PROVIUM_ACCEL` when set, otherwise
+/// KVM if [`probe_kvm`] proves it works. The decision says why KVM was rejected, for
+/// the one notice the run prints.
+pub fn choose(qemu: &Path) -> Result<Decision, AccelError> {
+    static CHOICE: OnceLock<Result<Decision, AccelError>> = OnceLock::new();
     CHOICE
         .get_or_init(|| {
             let forced = std::env::var("PROVIUM_ACCEL").ok();
-            let decision = decide(forced.as_deref(), qemu, PROBE_DEADLINE)?;
-            if let Some(reason) = &decision.kvm_unusable {
-                eprintln!("provium: KVM is unusable ({reason}); using TCG, which is slower (set PROVIUM_ACCEL=tcg to skip this check)");
-            }
-            Ok(decision.accel)
+            decide(forced.as_deref(), qemu, PROBE_DEADLINE)
         })
         .clone()
 }
 
-/// The decision behind [`choose`], without caching or printing: `forced` is the value
+/// The notice a run prints when KVM was rejected.
+pub fn fallback_notice(reason: &KvmUnusable) -> String {
+    format!("provium: KVM is unusable ({reason}); using TCG, which is slower (set PROVIUM_ACCEL=tcg to skip this check)")
+}
+
+/// The decision behind [`choose`], without caching: `forced` is the value
 /// of `PROVIUM_ACCEL` (empty counts as unset).
 pub fn decide(
     forced: Option<&str>,
@@ -431,7 +432,7 @@ mod tests {
         let started = Instant::now();
         let first = choose(&qemu()).unwrap();
         let took = started.elapsed();
-        eprintln!("accelerator {} chosen in {took:?}", first.name());
+        eprintln!("accelerator {} chosen in {took:?}", first.accel.name());
         assert!(took < PROBE_DEADLINE + Duration::from_secs(1), "{took:?}");
         let started = Instant::now();
         assert_eq!(choose(&qemu()).unwrap(), first);

@@ -37,21 +37,55 @@ pub struct QemuSetup {
     pub accel: Accel,
 }
 
+/// Where a run's notices go (the reporter prints them between results).
+pub type Notify = Box<dyn Fn(String) + Send + Sync>;
+
 /// Run-wide cache of [`QemuSetup`] and the resolved default profile.
-#[derive(Debug, Default)]
 pub struct HostCache {
     qemu: OnceLock<Result<QemuSetup, AccelError>>,
     default_profile: OnceLock<Result<BootProfile, Arc<DefaultProfileError>>>,
+    notify: Notify,
+}
+
+impl Default for HostCache {
+    /// Notices go straight to stderr (no reporter: tests, benches).
+    fn default() -> Self {
+        HostCache::new(Box::new(|notice| eprintln!("{notice}")))
+    }
+}
+
+impl std::fmt::Debug for HostCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostCache")
+            .field("qemu", &self.qemu)
+            .field("default_profile", &self.default_profile)
+            .finish()
+    }
 }
 
 impl HostCache {
-    /// The QEMU binary and accelerator (the KVM probe runs on the first call).
+    pub fn new(notify: Notify) -> HostCache {
+        HostCache {
+            qemu: OnceLock::new(),
+            default_profile: OnceLock::new(),
+            notify,
+        }
+    }
+
+    /// The QEMU binary and accelerator (the KVM probe runs on the first call, which
+    /// sends the fallback notice when KVM was rejected).
     pub fn qemu(&self) -> Result<QemuSetup, AccelError> {
         self.qemu
             .get_or_init(|| {
                 let qemu = accel::qemu_binary()?;
-                let accel = accel::choose(&qemu)?;
-                Ok(QemuSetup { qemu, accel })
+                let decision = accel::choose(&qemu)?;
+                if let Some(reason) = &decision.kvm_unusable {
+                    (self.notify)(accel::fallback_notice(reason));
+                }
+                Ok(QemuSetup {
+                    qemu,
+                    accel: decision.accel,
+                })
             })
             .clone()
     }

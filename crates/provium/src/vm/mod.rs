@@ -1,47 +1,51 @@
-//! VM handles: QEMU launch, the agent link, acceleration and the default profile.
+//! VMs: QEMU launch, the agent client, acceleration, profiles and snapshots.
 //!
-//! [`Vm::boot`] turns a profile into a running guest whose agent has answered the
-//! handshake; the methods drive the agent; [`Vm::shutdown`] and [`Vm::kill`] end it,
-//! and dropping a `Vm` kills QEMU on every path.
+//! [`Vm::start`] takes a lease from the pool and boots (or resumes) a guest whose agent
+//! has answered the handshake; [`Vm::client`] drives the agent; [`Vm::shutdown`] and
+//! [`Vm::kill`] end it, and dropping a `Vm` kills QEMU on every path. [`fleet`] keeps
+//! the VMs of one test file and decides how each ends.
 
 pub mod accel;
 pub mod agent_bin;
+pub mod boot;
+pub mod client;
 pub mod default_profile;
+pub mod fleet;
 pub mod host;
 pub mod initrd;
 pub mod kernel;
 pub mod link;
+pub mod options;
 pub mod qemu;
 pub mod snapshot;
 
 use std::any::Any;
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use provium_proto::{Request, Response, MAIN_CHANNEL, MAX_DATA};
 use thiserror::Error;
 
+use crate::pool::{FileSlot, PoolError};
 use crate::shim::{InjectedFile, AGENT_PATH};
-use initrd::InitrdError;
-use kernel::KernelError;
-use link::{Link, LinkError, Liveness};
-use qemu::{ConnectError, DiskFormat, Drive, LaunchSpec, Qemu, QemuError};
-use snapshot::{MigrationError, Origin, ResumeError};
+pub use boot::BootError;
+pub use client::{AgentClient, ClientError, ExecOutput};
+use link::Link;
+use qemu::{DiskFormat, Drive, LaunchSpec, Qemu, QemuError};
+use snapshot::{MigrationError, Origin, OwnedFile, Snapshot};
 
 /// Boot deadline from QEMU launch to a ready agent (SPEC §3).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `shutdown` waits for the guest to power off before killing QEMU.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How long a failed boot waits for a dying QEMU to exit, for its status and stderr.
-const EXIT_EVIDENCE_WAIT: Duration = Duration::from_secs(2);
+/// The deadline of each agent operation (exec, file transfer, ...).
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Console lines carried by boot errors and shown in failure reports.
 pub const CONSOLE_TAIL_LINES: usize = 20;
 
-/// A resource lease (from the pool) that a VM holds until it is shut down or killed.
+/// What a VM holds until it is shut down, killed or dropped: its resources from the
+/// pool (a [`crate::pool::Lease`]), or anything a caller wants released with the VM.
 pub type Lease = Box<dyn Any + Send>;
 
 /// What a VM boots: a profile as the configuration resolved it.
@@ -116,7 +120,7 @@ impl VmConfig {
             files: Vec::new(),
             disks: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
-            op_timeout: Duration::from_secs(600),
+            op_timeout: DEFAULT_OP_TIMEOUT,
         }
     }
 }
@@ -130,141 +134,13 @@ pub enum AgentChannel {
     Uart,
 }
 
-/// Why a boot failed. VM failures carry the console log path and its tail.
-#[derive(Debug, Error)]
-pub enum BootError {
-    #[error("profile '{profile}': {source}")]
-    Kernel {
-        profile: String,
-        #[source]
-        source: KernelError,
-    },
-    #[error(transparent)]
-    Initrd(#[from] InitrdError),
-    #[error(transparent)]
-    Qemu(#[from] QemuError),
-    #[error("VM {vm}: cannot create {path}: {source}")]
-    Setup {
-        vm: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("VM {vm}: QEMU exited ({status}) before the agent was ready{}", stderr_suffix(.stderr))]
-    QemuExited {
-        vm: String,
-        status: String,
-        stderr: String,
-        console_log: PathBuf,
-        console_tail: String,
-    },
-    #[error("VM {vm}: kernel panic during boot: {panic}")]
-    KernelPanic {
-        vm: String,
-        panic: String,
-        console_log: PathBuf,
-        console_tail: String,
-    },
-    #[error("VM {vm}: the agent did not answer within {timeout:?} (boot timeout)")]
-    Timeout {
-        vm: String,
-        timeout: Duration,
-        console_log: PathBuf,
-        console_tail: String,
-    },
-    #[error("VM {vm}: cannot connect to the agent socket {path}: {source}")]
-    Socket {
-        vm: String,
-        path: PathBuf,
-        source: std::io::Error,
-        console_log: PathBuf,
-        console_tail: String,
-    },
-    #[error("VM {vm}: agent handshake failed: {source}")]
-    Handshake {
-        vm: String,
-        #[source]
-        source: Box<LinkError>,
-        console_log: PathBuf,
-        console_tail: String,
-    },
-    #[error("VM {vm}: {source}")]
-    Resume {
-        vm: String,
-        #[source]
-        source: Box<ResumeError>,
-        console_log: PathBuf,
-        console_tail: String,
-    },
-}
-
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() {
-        String::new()
-    } else {
-        format!("; QEMU stderr: {stderr}")
-    }
-}
-
-impl BootError {
-    /// The console log of the VM that failed to boot, when QEMU ran.
-    pub fn console_log(&self) -> Option<&Path> {
-        match self {
-            BootError::QemuExited { console_log, .. }
-            | BootError::KernelPanic { console_log, .. }
-            | BootError::Timeout { console_log, .. }
-            | BootError::Socket { console_log, .. }
-            | BootError::Handshake { console_log, .. }
-            | BootError::Resume { console_log, .. } => Some(console_log),
-            _ => None,
-        }
-    }
-
-    /// The last console lines, when QEMU ran.
-    pub fn console_tail(&self) -> Option<&str> {
-        match self {
-            BootError::QemuExited { console_tail, .. }
-            | BootError::KernelPanic { console_tail, .. }
-            | BootError::Timeout { console_tail, .. }
-            | BootError::Socket { console_tail, .. }
-            | BootError::Handshake { console_tail, .. }
-            | BootError::Resume { console_tail, .. } => Some(console_tail),
-            _ => None,
-        }
-    }
-}
-
-/// A failed operation on a booted VM.
+/// A failed operation on a booted VM (beyond what the agent client reports).
 #[derive(Debug, Error)]
 pub enum VmError {
     #[error(transparent)]
-    Link(#[from] LinkError),
-    #[error("VM {vm}: {op}: {reason}")]
-    Died {
-        vm: String,
-        op: &'static str,
-        reason: String,
-    },
+    Client(#[from] ClientError),
     #[error("VM {vm}: {op}: the VM is not running (it was shut down or killed)")]
     Stopped { vm: String, op: &'static str },
-    #[error("VM {vm}: write_file {path}: {size} bytes exceeds the {MAX_DATA}-byte limit")]
-    TooLarge {
-        vm: String,
-        path: String,
-        size: usize,
-    },
-    #[error("VM {vm}: dmesg: invalid pattern {pattern:?}: {source}")]
-    Pattern {
-        vm: String,
-        pattern: String,
-        #[source]
-        source: regex::Error,
-    },
-    #[error("VM {vm}: {op}: unexpected agent answer {got}")]
-    Unexpected {
-        vm: String,
-        op: &'static str,
-        got: String,
-    },
     #[error(transparent)]
     Qemu(#[from] QemuError),
     #[error("VM {vm}: snapshot to {path}: {source}")]
@@ -276,19 +152,25 @@ pub enum VmError {
     },
 }
 
-/// The result of `vm:exec`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecOutput {
-    /// 128+n when the command died from signal n.
-    pub exit_code: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+/// Why [`Vm::start`] did not produce a VM: the pool refused, or the boot failed.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Boot(#[from] Box<BootError>),
 }
 
-impl ExecOutput {
-    pub fn ok(&self) -> bool {
-        self.exit_code == 0
-    }
+/// Where a VM [`Vm::start`]s from.
+pub enum StartFrom<'a> {
+    /// A cold boot of a profile.
+    Boot(Box<VmConfig>),
+    /// A fresh VM resumed from a fixture's snapshot.
+    Resume {
+        snapshot: &'a Snapshot,
+        run_dir: &'a Path,
+        name: &'a str,
+    },
 }
 
 /// How `shutdown` ended the VM.
@@ -306,19 +188,42 @@ pub enum ShutdownOutcome {
 pub struct Vm {
     name: String,
     qemu: Qemu,
-    link: Link,
+    client: AgentClient,
     channel: AgentChannel,
     lease: Option<Lease>,
     private_initrd: Option<PathBuf>,
-    op_timeout: Duration,
     running: bool,
     /// What a snapshot of this VM must reproduce.
     origin: Origin,
 }
 
-static NEXT_VM: AtomicU32 = AtomicU32::new(1);
-
 impl Vm {
+    /// Takes a lease for the VM from the file's pool slot (waiting until it fits),
+    /// boots or resumes it, and marks the lease booted. The VM holds the lease until
+    /// it is shut down, killed or dropped; a failed boot returns it at once.
+    pub fn start(slot: &FileSlot, from: StartFrom<'_>) -> Result<Vm, StartError> {
+        let (name, memory_mib, cpus) = match &from {
+            StartFrom::Boot(config) => (config.name.clone(), config.memory_mib, config.cpus),
+            StartFrom::Resume { snapshot, name, .. } => {
+                (name.to_string(), snapshot.memory_mib(), snapshot.cpus())
+            }
+        };
+        // The VM holds one reference until it stops; ours marks the boot done.
+        let lease = Arc::new(slot.acquire(memory_mib, cpus, &format!("VM {name}"))?);
+        let held: Lease = Box::new(Arc::clone(&lease));
+        let vm = match from {
+            StartFrom::Boot(config) => Vm::boot(*config, Some(held)),
+            StartFrom::Resume {
+                snapshot,
+                run_dir,
+                name,
+            } => Vm::resume(snapshot, run_dir, name, Some(held)),
+        }
+        .map_err(Box::new)?;
+        lease.booted();
+        Ok(vm)
+    }
+
     /// Boots a VM and waits for its agent's handshake. `lease` (the pool's resource
     /// reservation) is held until shutdown, kill or drop; on a failed boot it is
     /// dropped before returning.
@@ -341,19 +246,7 @@ impl Vm {
                 agent: agent_bin::AGENT,
             },
         )?;
-
-        let dir = config
-            .run_dir
-            .join(format!("vm{}", NEXT_VM.fetch_add(1, Ordering::Relaxed)));
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| BootError::Setup {
-                vm: config.name.clone(),
-                path: dir.clone(),
-                source,
-            })?;
+        let dir = boot::vm_dir(&config.run_dir, &config.name)?;
         let private_initrd = if config.files.is_empty() {
             None
         } else {
@@ -395,23 +288,22 @@ impl Vm {
             drives,
             resume: false,
         };
-        let mut qemu = Qemu::launch(&spec)?;
-        let deadline = start + config.boot_timeout;
-        match handshake(&config.name, &qemu, deadline) {
-            Ok((link, channel)) => Ok(Vm {
-                name: config.name,
-                qemu,
-                link,
-                channel,
+        let started = boot::start(
+            &spec,
+            None,
+            start + config.boot_timeout,
+            config.boot_timeout,
+        );
+        match started {
+            Ok(started) => Ok(Vm::assemble(
+                config.name,
+                started,
+                config.op_timeout,
                 lease,
                 private_initrd,
-                op_timeout: config.op_timeout,
-                running: true,
-                origin: Origin::new(spec, config.profile, config.boot_timeout),
-            }),
-            Err(failure) => {
-                let error = boot_failure(&config.name, &mut qemu, failure, config.boot_timeout);
-                drop(qemu);
+                Origin::new(spec, config.profile, config.boot_timeout),
+            )),
+            Err(error) => {
                 if let Some(path) = private_initrd {
                     let _ = fs::remove_file(path);
                 }
@@ -420,8 +312,79 @@ impl Vm {
         }
     }
 
+    /// Starts a fresh VM from `snapshot`: a new QEMU with the snapshot's exact
+    /// arguments waiting for the stream (`-incoming defer`), the stream loaded, the
+    /// guest continued, then a new agent connection on the new sockets. The guest's
+    /// writable disks get a throwaway overlay, so VMs resumed from one snapshot are
+    /// independent. `lease` is held as for [`Vm::boot`]. The whole resume has the
+    /// snapshot's boot timeout as its deadline.
+    pub fn resume(
+        snapshot: &Snapshot,
+        run_dir: &Path,
+        name: &str,
+        lease: Option<Lease>,
+    ) -> Result<Vm, BootError> {
+        let start = Instant::now();
+        let origin = snapshot.origin();
+        let mut launch = origin.launch.clone();
+        launch.vm = name.to_string();
+        launch.dir = boot::vm_dir(run_dir, name)?;
+        launch.resume = true;
+        let started = boot::start(
+            &launch,
+            Some(snapshot.path()),
+            start + origin.boot_timeout,
+            origin.boot_timeout,
+        )?;
+        launch.resume = false;
+        Ok(Vm::assemble(
+            name.to_string(),
+            started,
+            snapshot.op_timeout(),
+            lease,
+            None,
+            Origin {
+                launch,
+                profile: origin.profile.clone(),
+                boot_timeout: origin.boot_timeout,
+                initrd: origin.initrd.clone(),
+            },
+        ))
+    }
+
+    fn assemble(
+        name: String,
+        started: boot::Started,
+        op_timeout: Duration,
+        lease: Option<Lease>,
+        private_initrd: Option<PathBuf>,
+        origin: Origin,
+    ) -> Vm {
+        let boot::Started {
+            qemu,
+            link,
+            channel,
+        } = started;
+        let client = AgentClient::main(link, &name, op_timeout, qemu.liveness());
+        Vm {
+            name,
+            qemu,
+            client,
+            channel,
+            lease,
+            private_initrd,
+            running: true,
+            origin,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The client of the agent's main channel: every guest operation goes through it.
+    pub fn client(&self) -> &AgentClient {
+        &self.client
     }
 
     /// The console log file (kept after the VM ends, for failure reports).
@@ -439,14 +402,14 @@ impl Vm {
         self.channel
     }
 
-    /// The agent link, for operations beyond the basic ones (syscalls, jobs, workers).
+    /// The agent link, for raw protocol requests (benches, tests).
     pub fn link(&self) -> &Link {
-        &self.link
+        self.client.link()
     }
 
     /// The deadline each agent operation gets.
     pub fn op_timeout(&self) -> Duration {
-        self.op_timeout
+        self.client.op_timeout()
     }
 
     /// The QMP session (connected on first use), e.g. for snapshots.
@@ -464,86 +427,34 @@ impl Vm {
         self.qemu.panic_line()
     }
 
+    /// The main client, when the VM still runs.
+    fn running_client(&self, op: &'static str) -> Result<&AgentClient, VmError> {
+        self.check_running(op)?;
+        Ok(&self.client)
+    }
+
     /// Runs `cmd` with `/bin/sh -c`; a non-zero exit is a result, not an error.
     pub fn exec(&self, cmd: &str) -> Result<ExecOutput, VmError> {
-        let request = Request::Exec {
-            cmd: cmd.to_string(),
-        };
-        match self.call("exec", &request)? {
-            Response::Exec {
-                exit_code,
-                stdout,
-                stderr,
-            } => Ok(ExecOutput {
-                exit_code,
-                stdout,
-                stderr,
-            }),
-            other => Err(self.unexpected("exec", other)),
-        }
+        Ok(self.running_client("exec")?.exec(cmd)?)
     }
 
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>, VmError> {
-        let request = Request::ReadFile {
-            path: path.to_string(),
-        };
-        match self.call("read_file", &request)? {
-            Response::File { data } => Ok(data),
-            other => Err(self.unexpected("read_file", other)),
-        }
+        Ok(self.running_client("read_file")?.read_file(path)?)
     }
 
     /// Creates or truncates `path` (mode 0644) with `data` (at most 16 MiB).
     pub fn write_file(&self, path: &str, data: &[u8]) -> Result<(), VmError> {
-        if data.len() > MAX_DATA as usize {
-            return Err(VmError::TooLarge {
-                vm: self.name.clone(),
-                path: path.to_string(),
-                size: data.len(),
-            });
-        }
-        let request = Request::WriteFile {
-            path: path.to_string(),
-            data: data.to_vec(),
-            mode: None,
-        };
-        match self.call("write_file", &request)? {
-            Response::Done => Ok(()),
-            other => Err(self.unexpected("write_file", other)),
-        }
+        Ok(self.running_client("write_file")?.write_file(path, data)?)
     }
 
     /// The kernel log; with `pattern` (a regular expression), only matching lines.
     pub fn dmesg(&self, pattern: Option<&str>) -> Result<String, VmError> {
-        let filter = pattern
-            .map(|p| {
-                regex::Regex::new(p).map_err(|source| VmError::Pattern {
-                    vm: self.name.clone(),
-                    pattern: p.to_string(),
-                    source,
-                })
-            })
-            .transpose()?;
-        let log = match self.call("dmesg", &Request::Dmesg)? {
-            Response::Dmesg { log } => String::from_utf8_lossy(&log).into_owned(),
-            other => return Err(self.unexpected("dmesg", other)),
-        };
-        Ok(match filter {
-            None => log,
-            Some(re) => log
-                .lines()
-                .filter(|line| re.is_match(line))
-                .map(|line| format!("{line}\n"))
-                .collect(),
-        })
+        Ok(self.running_client("dmesg")?.dmesg(pattern)?)
     }
 
     /// Mounts proc, sysfs, securityfs and devtmpfs where missing (idempotent).
     pub fn mount_vfs(&self) -> Result<(), VmError> {
-        match self.call("mount_vfs", &Request::MountVfs)? {
-            Response::Done => Ok(()),
-            other => Err(self.unexpected("mount_vfs", other)),
-        }
+        Ok(self.running_client("mount_vfs")?.mount_vfs()?)
     }
 
     /// Asks the guest to power off, waits up to [`SHUTDOWN_GRACE`], then kills QEMU.
@@ -553,11 +464,7 @@ impl Vm {
             return ShutdownOutcome::AlreadyStopped;
         }
         let start = Instant::now();
-        // The agent may power off before its answer leaves the guest: a lost
-        // connection here is the expected outcome, not a failure.
-        let _ = self
-            .link
-            .call(MAIN_CHANNEL, &Request::Shutdown, SHUTDOWN_GRACE);
+        self.client.request_poweroff(SHUTDOWN_GRACE);
         let remaining = SHUTDOWN_GRACE.saturating_sub(start.elapsed());
         let outcome = if self.qemu.wait_exit(remaining).is_some() {
             ShutdownOutcome::PoweredOff
@@ -573,6 +480,48 @@ impl Vm {
     pub fn kill(&mut self) {
         self.qemu.kill();
         self.stopped();
+    }
+
+    /// Saves this VM to `path` and ends it. The agent is quiesced first (it answers
+    /// once it has stopped serving until the next `Hello`, so the saved guest is
+    /// idle on its channel), then QEMU is stopped and migrated into the file. The
+    /// VM is killed afterwards, and also when the snapshot fails: a quiesced,
+    /// stopped guest is no use to anyone.
+    pub fn snapshot(&mut self, path: &Path) -> Result<Snapshot, VmError> {
+        self.check_running("snapshot")?;
+        let start = Instant::now();
+        let initrd = path.with_extension("initrd");
+        let result = self
+            .client
+            .quiesce(snapshot::COMMAND_TIMEOUT)
+            .map_err(VmError::from)
+            .and_then(|()| {
+                snapshot::save(
+                    &mut self.qemu,
+                    &self.origin.launch.initrd,
+                    path,
+                    &initrd,
+                    start + snapshot::SNAPSHOT_TIMEOUT,
+                )
+                .map_err(|source| VmError::Snapshot {
+                    vm: self.name.clone(),
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })
+            });
+        self.kill();
+        let size = result?;
+        let mut origin = self.origin.clone();
+        origin.launch.initrd = initrd.clone();
+        origin.initrd = Some(Arc::new(OwnedFile(initrd)));
+        Ok(Snapshot::new(
+            path.to_path_buf(),
+            origin,
+            self.client.op_timeout(),
+            self.name.clone(),
+            size,
+            start.elapsed(),
+        ))
     }
 
     fn stopped(&mut self) {
@@ -593,217 +542,12 @@ impl Vm {
             })
         }
     }
-
-    fn call(&self, op: &'static str, request: &Request) -> Result<Response, VmError> {
-        self.check_running(op)?;
-        self.link
-            .call(MAIN_CHANNEL, request, self.op_timeout)
-            .map_err(|error| self.explain(op, error))
-    }
-
-    /// Sends `request` on `channel` (the agent's main channel or a worker's) and waits
-    /// up to `timeout`; a lost connection is explained by the VM's fate when known.
-    pub fn call_channel(
-        &self,
-        channel: u32,
-        request: &Request,
-        timeout: Duration,
-    ) -> Result<Response, VmError> {
-        let op = request.op_name();
-        self.check_running(op)?;
-        self.link
-            .call(channel, request, timeout)
-            .map_err(|error| self.explain(op, error))
-    }
-
-    /// A lost connection usually means QEMU is exiting, and its stdout (which
-    /// carries the reason, e.g. a panic) closes a moment after the socket: wait
-    /// briefly for that better evidence.
-    fn explain(&self, op: &'static str, error: LinkError) -> VmError {
-        if !matches!(error, LinkError::Disconnected { .. }) {
-            return error.into();
-        }
-        let deadline = Instant::now() + EXIT_EVIDENCE_WAIT;
-        while Instant::now() < deadline {
-            if let Some(reason) = self.qemu.dead_reason() {
-                return VmError::Died {
-                    vm: self.name.clone(),
-                    op,
-                    reason,
-                };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        error.into()
-    }
-
-    fn unexpected(&self, op: &'static str, got: Response) -> VmError {
-        VmError::Unexpected {
-            vm: self.name.clone(),
-            op,
-            got: format!("{got:?}").chars().take(200).collect(),
-        }
-    }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
         self.qemu.kill();
         self.stopped();
-    }
-}
-
-/// Why the handshake did not complete.
-enum HandshakeFailure {
-    Connect(ConnectError),
-    Link(Vec<LinkError>),
-}
-
-/// Handshakes on the virtio-serial port and on the UART at once; the agent answers
-/// on whichever it opened. The other attempt is cancelled through its liveness check.
-fn handshake(
-    vm: &str,
-    qemu: &Qemu,
-    deadline: Instant,
-) -> Result<(Link, AgentChannel), HandshakeFailure> {
-    let (virtio, uart) = qemu
-        .connect_agent_sockets(deadline)
-        .map_err(HandshakeFailure::Connect)?;
-    let attempts = [
-        (AgentChannel::VirtioSerial, virtio),
-        (AgentChannel::Uart, uart),
-    ];
-    let cancels: Vec<Arc<AtomicBool>> = attempts
-        .iter()
-        .map(|_| Arc::new(AtomicBool::new(false)))
-        .collect();
-    let (tx, rx) = mpsc::channel();
-    let mut threads = Vec::new();
-    for (index, (channel, stream)) in attempts.into_iter().enumerate() {
-        let vm_liveness = qemu.liveness();
-        let cancel = Arc::clone(&cancels[index]);
-        let liveness: Liveness = Arc::new(move || {
-            if cancel.load(Ordering::Acquire) {
-                return Some("the agent answered on the other channel".to_string());
-            }
-            vm_liveness()
-        });
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let tx = tx.clone();
-        let vm = vm.to_string();
-        let thread = std::thread::Builder::new()
-            .name(format!("handshake-{vm}"))
-            .spawn(move || {
-                let _ = tx.send((
-                    index,
-                    channel,
-                    Link::connect(&vm, stream, liveness, timeout),
-                ));
-            });
-        if let Ok(thread) = thread {
-            threads.push(thread);
-        }
-    }
-    drop(tx);
-    let mut won = None;
-    let mut errors = Vec::new();
-    for (index, channel, result) in rx {
-        match result {
-            Ok(link) if won.is_none() => {
-                for (other, cancel) in cancels.iter().enumerate() {
-                    if other != index {
-                        cancel.store(true, Ordering::Release);
-                    }
-                }
-                // The UART has no backpressure of its own: pace the host's writes
-                // with the agent's credits. Virtio-serial stays unpaced.
-                if channel == AgentChannel::Uart {
-                    link.pace_for_uart();
-                }
-                won = Some((link, channel));
-            }
-            Ok(_) => {}
-            Err(error) => errors.push(error),
-        }
-    }
-    for thread in threads {
-        let _ = thread.join();
-    }
-    won.ok_or(HandshakeFailure::Link(errors))
-}
-
-/// Turns a failed handshake into the most telling boot error.
-fn boot_failure(
-    vm: &str,
-    qemu: &mut Qemu,
-    failure: HandshakeFailure,
-    timeout: Duration,
-) -> BootError {
-    // A reset socket usually means QEMU is exiting; its stdout closes a moment later.
-    // Reaping it joins the console thread, so the log and panic line are complete.
-    let looks_dead = qemu.dead_reason().is_some()
-        || match &failure {
-            HandshakeFailure::Connect(ConnectError::Dead(_)) => true,
-            HandshakeFailure::Connect(ConnectError::Timeout { .. }) => false,
-            HandshakeFailure::Link(errors) => errors
-                .iter()
-                .any(|e| matches!(e, LinkError::Disconnected { .. } | LinkError::VmDead { .. })),
-        };
-    let status = if looks_dead {
-        qemu.wait_exit(EXIT_EVIDENCE_WAIT)
-    } else {
-        qemu.try_status()
-    };
-    let console_log = qemu.console_path().to_path_buf();
-    let console_tail = qemu.console_tail(CONSOLE_TAIL_LINES);
-    if let Some(panic) = qemu.panic_line() {
-        return BootError::KernelPanic {
-            vm: vm.to_string(),
-            panic,
-            console_log,
-            console_tail,
-        };
-    }
-    if let Some(status) = status {
-        return BootError::QemuExited {
-            vm: vm.to_string(),
-            status: status.to_string(),
-            stderr: qemu.stderr_text(),
-            console_log,
-            console_tail,
-        };
-    }
-    let first_real = match failure {
-        HandshakeFailure::Connect(ConnectError::Dead(_)) => None,
-        HandshakeFailure::Connect(ConnectError::Timeout { path, error }) => {
-            return BootError::Socket {
-                vm: vm.to_string(),
-                path,
-                source: error,
-                console_log,
-                console_tail,
-            }
-        }
-        HandshakeFailure::Link(errors) => errors.into_iter().find(|e| {
-            !matches!(
-                e,
-                LinkError::HandshakeTimeout { .. } | LinkError::VmDead { .. }
-            )
-        }),
-    };
-    match first_real {
-        Some(source) => BootError::Handshake {
-            vm: vm.to_string(),
-            source: Box::new(source),
-            console_log,
-            console_tail,
-        },
-        None => BootError::Timeout {
-            vm: vm.to_string(),
-            timeout,
-            console_log,
-            console_tail,
-        },
     }
 }
 
@@ -817,22 +561,5 @@ mod tests {
         assert_send::<Vm>();
         assert_send::<BootError>();
         assert_send::<VmError>();
-    }
-
-    #[test]
-    fn boot_error_messages_name_the_vm_and_keep_stderr() {
-        let error = BootError::QemuExited {
-            vm: "a.lua#1".into(),
-            status: "exit status: 1".into(),
-            stderr: "qemu-system-x86_64: -m 0M: bad size".into(),
-            console_log: "/r/vm1/console.log".into(),
-            console_tail: String::new(),
-        };
-        assert_eq!(
-            error.to_string(),
-            "VM a.lua#1: QEMU exited (exit status: 1) before the agent was ready; \
-             QEMU stderr: qemu-system-x86_64: -m 0M: bad size"
-        );
-        assert_eq!(error.console_log(), Some(Path::new("/r/vm1/console.log")));
     }
 }

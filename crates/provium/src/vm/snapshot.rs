@@ -12,26 +12,24 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use thiserror::Error;
 
+use super::boot::stderr_suffix;
+use super::client::EXIT_EVIDENCE_WAIT;
 use super::qemu::{LaunchSpec, Qemu, QemuError};
-use super::{
-    boot_failure, handshake, stderr_suffix, BootError, BootProfile, Lease, Vm, VmError,
-    CONSOLE_TAIL_LINES, EXIT_EVIDENCE_WAIT, NEXT_VM,
-};
+use super::BootProfile;
 use crate::qmp::QmpError;
 
 /// Deadline for a whole snapshot: quiesce, stop, and writing the state file.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline for one QMP command or the agent's quiesce answer.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a migration's progress is polled.
 const MIGRATION_POLL: Duration = Duration::from_millis(20);
 /// QEMU 7.2 caps migration at 32 MiB/s by default, which would make a snapshot of a
@@ -89,7 +87,7 @@ impl From<QemuError> for MigrationError {
 
 /// A file removed when the last owner lets go of it.
 #[derive(Debug)]
-struct OwnedFile(PathBuf);
+pub(super) struct OwnedFile(pub(super) PathBuf);
 
 impl Drop for OwnedFile {
     fn drop(&mut self) {
@@ -107,7 +105,7 @@ pub(super) struct Origin {
     pub(super) boot_timeout: Duration,
     /// Keeps the initrd of the snapshot a VM was resumed from, which `launch`
     /// names, until this VM is gone or snapshotted itself.
-    initrd: Option<Arc<OwnedFile>>,
+    pub(super) initrd: Option<Arc<OwnedFile>>,
 }
 
 impl Origin {
@@ -135,6 +133,34 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    pub(super) fn new(
+        state: PathBuf,
+        origin: Origin,
+        op_timeout: Duration,
+        source_vm: String,
+        size: u64,
+        took: Duration,
+    ) -> Snapshot {
+        Snapshot {
+            state,
+            origin,
+            op_timeout,
+            source_vm,
+            size,
+            took,
+        }
+    }
+
+    /// How the snapshotted VM was started.
+    pub(super) fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The deadline each agent operation of a resumed VM gets.
+    pub(super) fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
     /// The migration stream file.
     pub fn path(&self) -> &Path {
         &self.state
@@ -179,150 +205,68 @@ impl Drop for Snapshot {
     }
 }
 
-impl Vm {
-    /// Saves this VM to `path` and ends it. The agent is quiesced first (it answers
-    /// once it has stopped serving until the next `Hello`, so the saved guest is
-    /// idle on its channel), then QEMU is stopped and migrated into the file. The
-    /// VM is killed afterwards, and also when the snapshot fails: a quiesced,
-    /// stopped guest is no use to anyone.
-    pub fn snapshot(&mut self, path: &Path) -> Result<Snapshot, VmError> {
-        self.check_running("snapshot")?;
-        let start = Instant::now();
-        let initrd = path.with_extension("initrd");
-        let result = self.save(path, &initrd, start);
-        self.kill();
-        match result {
-            Ok(size) => {
-                let mut origin = self.origin.clone();
-                origin.launch.initrd = initrd.clone();
-                origin.initrd = Some(Arc::new(OwnedFile(initrd)));
-                Ok(Snapshot {
-                    state: path.to_path_buf(),
-                    origin,
-                    op_timeout: self.op_timeout,
-                    source_vm: self.name.clone(),
-                    size,
-                    took: start.elapsed(),
-                })
-            }
-            Err(error) => {
-                let _ = fs::remove_file(path);
-                let _ = fs::remove_file(&initrd);
-                Err(error)
-            }
-        }
+/// Saves the stopped guest of `qemu` into `path`, keeping a hard link (or copy) of
+/// the initrd it booted at `initrd` so the snapshot outlives the VM. The agent must
+/// already be quiesced. Returns the state file's size; on failure both files are
+/// removed.
+pub(super) fn save(
+    qemu: &mut Qemu,
+    booted_initrd: &Path,
+    path: &Path,
+    initrd: &Path,
+    deadline: Instant,
+) -> Result<u64, MigrationError> {
+    let result = write_state(qemu, booted_initrd, path, initrd, deadline);
+    if result.is_err() {
+        let _ = fs::remove_file(path);
+        let _ = fs::remove_file(initrd);
     }
+    result
+}
 
-    /// Returns the state file's size.
-    fn save(&mut self, path: &Path, initrd: &Path, start: Instant) -> Result<u64, VmError> {
-        let deadline = start + SNAPSHOT_TIMEOUT;
-        let failed = |source| VmError::Snapshot {
-            vm: self.name.clone(),
+fn write_state(
+    qemu: &mut Qemu,
+    booted_initrd: &Path,
+    path: &Path,
+    initrd: &Path,
+    deadline: Instant,
+) -> Result<u64, MigrationError> {
+    link_or_copy(booted_initrd, initrd)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| MigrationError::File {
+            action: "create",
             path: path.to_path_buf(),
-            source: Box::new(source),
-        };
-        link_or_copy(&self.origin.launch.initrd, initrd).map_err(failed)?;
-        self.link
-            .quiesce(COMMAND_TIMEOUT)
-            .map_err(|error| self.explain("snapshot", error))?;
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| MigrationError::File {
-                action: "create",
-                path: path.to_path_buf(),
-                source,
-            })
-            .map_err(failed)?;
-        let sent = migrate_out(&mut self.qemu, &file, deadline)
-            .map_err(|error| failed(with_stderr(&mut self.qemu, error)))?;
-        let size = file
-            .metadata()
-            .map_err(|source| MigrationError::File {
-                action: "inspect",
-                path: path.to_path_buf(),
-                source,
-            })
-            .map_err(failed)?
-            .len();
-        // The file holds the RAM QEMU counted plus the device state after it.
-        if size < sent {
-            return Err(failed(MigrationError::Truncated {
-                path: path.to_path_buf(),
-                size,
-                sent,
-            }));
-        }
-        Ok(size)
+            source,
+        })?;
+    let sent = migrate_out(qemu, &file, deadline).map_err(|error| with_stderr(qemu, error))?;
+    let size = file
+        .metadata()
+        .map_err(|source| MigrationError::File {
+            action: "inspect",
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    // The file holds the RAM QEMU counted plus the device state after it.
+    if size < sent {
+        return Err(MigrationError::Truncated {
+            path: path.to_path_buf(),
+            size,
+            sent,
+        });
     }
+    Ok(size)
+}
 
-    /// Starts a fresh VM from `snapshot`: a new QEMU with the snapshot's exact
-    /// arguments waiting for the stream (`-incoming defer`), the stream loaded, the
-    /// guest continued, then a new agent connection on the new sockets. The guest's
-    /// writable disks get a throwaway overlay, so VMs resumed from one snapshot are
-    /// independent. `lease` is held as for [`Vm::boot`]. The whole resume has the
-    /// snapshot's boot timeout as its deadline.
-    pub fn resume(
-        snapshot: &Snapshot,
-        run_dir: &Path,
-        name: &str,
-        lease: Option<Lease>,
-    ) -> Result<Vm, BootError> {
-        let start = Instant::now();
-        let origin = &snapshot.origin;
-        let dir = run_dir.join(format!("vm{}", NEXT_VM.fetch_add(1, Ordering::Relaxed)));
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| BootError::Setup {
-                vm: name.to_string(),
-                path: dir.clone(),
-                source,
-            })?;
-        let mut launch = origin.launch.clone();
-        launch.vm = name.to_string();
-        launch.dir = dir;
-        launch.resume = true;
-        let mut qemu = Qemu::launch(&launch)?;
-        let deadline = start + origin.boot_timeout;
-        if let Err(source) = migrate_in(&mut qemu, &snapshot.state, deadline) {
-            return Err(BootError::Resume {
-                vm: name.to_string(),
-                source: Box::new(ResumeError {
-                    snapshot: snapshot.state.clone(),
-                    source: with_stderr(&mut qemu, source),
-                }),
-                console_log: qemu.console_path().to_path_buf(),
-                console_tail: qemu.console_tail(CONSOLE_TAIL_LINES),
-            });
-        }
-        match handshake(name, &qemu, deadline) {
-            Ok((link, channel)) => {
-                launch.resume = false;
-                Ok(Vm {
-                    name: name.to_string(),
-                    qemu,
-                    link,
-                    channel,
-                    lease,
-                    private_initrd: None,
-                    op_timeout: snapshot.op_timeout,
-                    running: true,
-                    origin: Origin {
-                        launch,
-                        profile: origin.profile.clone(),
-                        boot_timeout: origin.boot_timeout,
-                        initrd: origin.initrd.clone(),
-                    },
-                })
-            }
-            Err(failure) => Err(boot_failure(name, &mut qemu, failure, origin.boot_timeout)),
-        }
-    }
+/// Loads the snapshot stream `state` into a QEMU started paused (`-incoming defer`)
+/// and continues the guest. A rejected stream carries QEMU's stderr.
+pub(super) fn load(qemu: &mut Qemu, state: &Path, deadline: Instant) -> Result<(), MigrationError> {
+    migrate_in(qemu, state, deadline).map_err(|error| with_stderr(qemu, error))
 }
 
 /// QEMU prints why it rejected a stream on stderr and exits: wait briefly for that.
@@ -477,6 +421,7 @@ mod tests {
 
     #[test]
     fn migration_errors_name_their_evidence() {
+        use crate::vm::{BootError, VmError};
         let error = VmError::Snapshot {
             vm: "fixture:base".into(),
             path: "/r/fixture-base.snap".into(),

@@ -1,4 +1,5 @@
-//! The VM resource pool: memory/CPU gating for VM boots.
+//! The VM resource pool: memory/CPU gating for VM boots. A low-level module: the run
+//! owns the pool, files and VM starts take leases from it, reports show its mode.
 //!
 //! Every running test file registers as a participant ([`Pool::enter_file`]); each VM
 //! boot takes a [`Lease`] that returns its share when dropped. Because the pool knows
@@ -27,27 +28,33 @@ pub enum PoolMode {
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("invalid size '{input}': expected a number of MiB or a number with an M or G suffix (e.g. 512M, 4G)")]
-pub struct SizeError {
-    pub input: String,
+pub enum SizeError {
+    #[error("invalid size '{input}': expected a number of MiB or a number with an M or G suffix (e.g. 512M, 4G)")]
+    Malformed { input: String },
+    #[error("invalid size '{input}': zero is not a size; give at least 1M")]
+    Zero { input: String },
+    #[error("invalid size '{input}': too large")]
+    TooLarge { input: String },
 }
 
 /// Parses `512M`, `4G`, `2048` (bare = MiB) into MiB.
 pub fn parse_size_mib(input: &str) -> Result<u64, SizeError> {
-    let err = || SizeError {
-        input: input.to_string(),
-    };
+    let owned = || input.to_string();
     let trimmed = input.trim();
     let (digits, multiplier) = match trimmed.char_indices().last() {
         Some((i, 'M' | 'm')) => (&trimmed[..i], 1),
         Some((i, 'G' | 'g')) => (&trimmed[..i], 1024),
         _ => (trimmed, 1),
     };
-    let value: u64 = digits.parse().map_err(|_| err())?;
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| SizeError::Malformed { input: owned() })?;
     if value == 0 {
-        return Err(err());
+        return Err(SizeError::Zero { input: owned() });
     }
-    value.checked_mul(multiplier).ok_or_else(err)
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| SizeError::TooLarge { input: owned() })
 }
 
 /// Memory kept free for the host in auto mode (SPEC §4: a 1.5 GB reserve).
@@ -775,7 +782,10 @@ mod tests {
         assert_eq!(parse_size_mib("2048"), Ok(2048));
         assert_eq!(parse_size_mib("1g"), Ok(1024));
         assert!(parse_size_mib("").is_err());
-        assert!(parse_size_mib("0").is_err());
+        assert_eq!(
+            parse_size_mib("0").unwrap_err().to_string(),
+            "invalid size '0': zero is not a size; give at least 1M"
+        );
         assert!(parse_size_mib("4T").is_err());
         assert!(parse_size_mib("-1G").is_err());
     }

@@ -1,4 +1,4 @@
-//! File dispatch: runs test files on worker threads.
+//! File dispatch: runs a run's test files on worker threads.
 //!
 //! The dispatcher owns all run state; each file runs on its own OS thread with its own
 //! Lua state and reports back one message when it ends. Files are launched in sorted
@@ -7,13 +7,13 @@
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::discover::TestFile;
-use crate::report::{Event, FailedLog, FileReport, FileStatus, RunSummary};
+use crate::report::{Event, FailedLog, FileReport, Outcome, RunSummary};
 use crate::runs::RunContext;
 
 /// How often the dispatcher wakes with nothing to do: the status line ticks and a
@@ -69,13 +69,15 @@ fn pending_signal() -> Option<&'static str> {
     }
 }
 
-/// Runs `files` (already in sorted order) and reports every event to `emit`.
-/// Returns the summary also sent as [`Event::RunFinished`].
+/// Runs `files` (already in sorted order) and reports every event to `emit`, the
+/// run's `notices` among them. Returns the summary also sent as
+/// [`Event::RunFinished`].
 pub fn run(
     files: Vec<TestFile>,
     ctx: Arc<RunContext>,
     options: DispatchOptions,
-    mut emit: impl FnMut(Event),
+    notices: &Receiver<String>,
+    emit: &mut impl FnMut(Event),
 ) -> RunSummary {
     let total = files.len();
     let limit = options.jobs.unwrap_or(usize::MAX).max(1);
@@ -111,6 +113,9 @@ pub fn run(
                 let _ = sender.send(*report);
             }
         }
+        for notice in notices.try_iter() {
+            emit(Event::Notice(notice));
+        }
         if running == 0 {
             break;
         }
@@ -118,18 +123,17 @@ pub fn run(
             Ok(report) => {
                 running -= 1;
                 finished += 1;
-                match report.status {
-                    FileStatus::Failed => {
-                        summary.failed += 1;
-                        summary.failed_logs.push(FailedLog {
-                            name: report.name.clone(),
-                            log_path: report.log_path.clone(),
-                        });
-                        if options.fail_fast {
-                            launching = false;
-                        }
+                if report.outcome.is_failure() {
+                    summary.failed += 1;
+                    summary.failed_logs.push(FailedLog {
+                        name: report.name.clone(),
+                        log_path: report.log_path.clone(),
+                    });
+                    if options.fail_fast {
+                        launching = false;
                     }
-                    FileStatus::Passed | FileStatus::Todo { .. } => summary.passed += 1,
+                } else {
+                    summary.passed += 1;
                 }
                 emit(Event::FileFinished(report));
             }
@@ -171,7 +175,7 @@ fn spawn_file(
         Ok(_) => Ok(()),
         Err(e) => Err(Box::new(FileReport {
             name,
-            status: FileStatus::Failed,
+            outcome: Outcome::Error,
             duration: Duration::ZERO,
             subtests: Vec::new(),
             file_error: Some(format!("cannot start a thread for this file: {e}")),
@@ -204,7 +208,7 @@ fn panic_report(
         .is_ok();
     FileReport {
         name: file.name.clone(),
-        status: FileStatus::Failed,
+        outcome: Outcome::Error,
         duration: started.elapsed(),
         subtests: Vec::new(),
         file_error: Some(message),
@@ -216,19 +220,18 @@ fn panic_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::{Pool, PoolMode};
     use crate::runs::RunDir;
-    use crate::schedule::pool::PoolMode;
     use std::path::PathBuf;
 
     fn context(parent: &std::path::Path) -> RunContext {
-        RunContext {
-            run_dir: RunDir::create(parent).unwrap(),
-            test_root: parent.to_path_buf(),
-            config: crate::config::Config::empty(parent),
-            project_root: parent.to_path_buf(),
-            pool: crate::schedule::pool::Pool::new(PoolMode::Auto),
-            vm_host: Default::default(),
-        }
+        RunContext::new(
+            RunDir::create(parent).unwrap(),
+            parent.to_path_buf(),
+            crate::config::Config::empty(parent),
+            Pool::new(PoolMode::Auto),
+            Default::default(),
+        )
     }
 
     #[test]
@@ -242,7 +245,7 @@ mod tests {
         std::fs::write(ctx.run_dir.log_path("x.lua"), "partial\n").unwrap();
         let payload: Box<dyn Any + Send> = Box::new("boom");
         let report = panic_report(&ctx, &file, Instant::now(), payload.as_ref());
-        assert_eq!(report.status, FileStatus::Failed);
+        assert_eq!(report.outcome, Outcome::Error);
         assert_eq!(
             report.file_error.as_deref(),
             Some("internal error: provium panicked while running this file: boom")
@@ -273,7 +276,8 @@ mod tests {
             jobs: Some(1),
             fail_fast: true,
         };
-        let summary = run(files, ctx, options, |e| events.push(e));
+        let (_notices, notices_rx) = mpsc::channel();
+        let summary = run(files, ctx, options, &notices_rx, &mut |e| events.push(e));
         assert_eq!((summary.passed, summary.failed, summary.not_run), (0, 1, 2));
         let started = events
             .iter()

@@ -1,4 +1,0 @@
-//! Scheduling: file dispatch and the VM resource pool.
-
-pub mod dispatch;
-pub mod pool;
