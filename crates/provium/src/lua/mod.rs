@@ -7,6 +7,7 @@
 //! layer. A binding raises through [`raise`], which remembers failures of the
 //! infrastructure so the file's outcome can say `error` rather than `failed`.
 
+pub mod boot_options;
 pub mod file;
 pub mod fixture;
 pub mod framework;
@@ -14,6 +15,7 @@ pub mod options;
 pub mod pack;
 pub mod vm_api;
 pub mod vm_args;
+pub mod vm_handle;
 pub mod vm_kernel;
 pub mod vm_values;
 

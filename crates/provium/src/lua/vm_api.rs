@@ -8,180 +8,28 @@
 //! a shared [`VmHandle`] plus, for a worker, the worker's own client. The kernel-facing
 //! methods (syscalls, ioctls, jobs, workers) are in `vm_kernel`.
 
-use std::cell::Cell;
-use std::path::Path;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use mlua::{
     AnyUserData, Function, Lua, MultiValue, Table, UserDataFields, UserDataMethods, UserDataRef,
     Value,
 };
-use thiserror::Error;
 
-use super::options::{self, OptionError};
-use super::vm_args::{self as args, ArgError};
+use super::boot_options::boot_options;
+use super::options::{self};
+use super::vm_args::{self as args};
+use super::vm_handle::{arg, fail, lua_bytes, returns, LuaVm, Method, VmApiError};
 use super::vm_kernel;
 use super::vm_values::{self, json_to_lua, output_string};
-use super::{plain_errors, raise, FileContext};
-use crate::pool::parse_size_mib;
-use crate::vm::accel::{Accel, AccelError};
-use crate::vm::client::{AgentClient, ClientError, ExecOutput, Worker};
-use crate::vm::fleet::{HandleError, Stop, VmHandle};
+use super::{plain_errors, FileContext};
+use crate::vm::accel::Accel;
+use crate::vm::client::{AgentClient, ExecOutput};
+use crate::vm::fleet::Stop;
 use crate::vm::host::{self, ProfileError};
-use crate::vm::options::{BootOptions, BOOT_OPTIONS};
-use crate::vm::qemu::DiskFormat;
-use crate::vm::{Disk, StartError, StartFrom, Vm, VmConfig};
+use crate::vm::{StartError, StartFrom, Vm, VmConfig};
 
 const WAIT_UNTIL: &str = include_str!("wait_until.lua");
 const WAIT_UNTIL_OPTIONS: &[&str] = &["timeout", "interval", "desc"];
-
-/// A failed VM method; every variant names the VM (or worker) it concerns.
-#[derive(Debug, Error)]
-pub enum VmApiError {
-    #[error(transparent)]
-    Args(#[from] ArgError),
-    #[error(transparent)]
-    Profile(#[from] ProfileError),
-    #[error(transparent)]
-    Accel(#[from] AccelError),
-    #[error(transparent)]
-    Start(#[from] StartError),
-    #[error(transparent)]
-    Client(#[from] ClientError),
-    #[error(transparent)]
-    Handle(#[from] HandleError),
-    /// Reading an option table failed (e.g. a raising `__index`).
-    #[error(transparent)]
-    Lua(#[from] mlua::Error),
-    #[error("{subject}: {op}: {source}")]
-    Options {
-        subject: String,
-        op: &'static str,
-        source: OptionError,
-    },
-    #[error("VM {vm}: boot: {reason}")]
-    BootOption { vm: String, reason: String },
-    #[error("{worker}: {op} is not available on a worker (a worker lives and ends with its VM; end it with worker:kill())")]
-    NotOnWorker { worker: String, op: &'static str },
-    #[error("{worker}: {op}: the worker was killed (worker:kill())")]
-    WorkerKilled { worker: String, op: &'static str },
-    /// SPEC §3 fixes this message: `command failed (exit N): cmd`, then stderr.
-    #[error("command failed (exit {exit_code}): {cmd}{}", stderr_suffix(stderr))]
-    CommandFailed {
-        exit_code: i32,
-        cmd: String,
-        stderr: String,
-    },
-    #[error("{subject}: json: invalid JSON from command {cmd:?}: {source}")]
-    Json {
-        subject: String,
-        cmd: String,
-        source: serde_json::Error,
-    },
-}
-
-impl VmApiError {
-    /// Whether the infrastructure failed (a boot, the pool, QEMU, the agent), which
-    /// makes the outcome `error` rather than `failed`.
-    fn is_infrastructure(&self) -> bool {
-        match self {
-            VmApiError::Accel(_) | VmApiError::Start(_) => true,
-            VmApiError::Profile(ProfileError::Default(_)) => true,
-            VmApiError::Client(error) => error.is_infrastructure(),
-            _ => false,
-        }
-    }
-}
-
-/// Lines of console carried in a boot error: enough to see why when a script
-/// catches it; a failing file's report shows the full 20-line tail below anyway.
-const BOOT_ERROR_CONSOLE_LINES: usize = 5;
-
-fn console_suffix(tail: Option<&str>) -> String {
-    let Some(tail) = tail.map(str::trim_end).filter(|t| !t.is_empty()) else {
-        return String::new();
-    };
-    let lines: Vec<&str> = tail.lines().collect();
-    let last = &lines[lines.len().saturating_sub(BOOT_ERROR_CONSOLE_LINES)..];
-    format!("\nlast console lines:\n{}", last.join("\n"))
-}
-
-fn stderr_suffix(stderr: &str) -> String {
-    match stderr.trim_end() {
-        "" => String::new(),
-        text => format!("\n{text}"),
-    }
-}
-
-/// Raises a method failure in Lua, remembering infrastructure failures for the
-/// file's outcome. A boot failure carries the last console lines.
-pub(super) fn fail(lua: &Lua, error: impl Into<VmApiError>) -> mlua::Error {
-    let error = error.into();
-    let broke = error.is_infrastructure();
-    let mut message = error.to_string();
-    if let VmApiError::Start(StartError::Boot(boot)) = &error {
-        message.push_str(&console_suffix(boot.console_tail()));
-    }
-    raise(lua, message, broke)
-}
-
-/// The Lua userdata behind VM handles and workers.
-pub struct LuaVm {
-    pub(super) handle: Rc<VmHandle>,
-    pub(super) worker: Option<LuaWorker>,
-}
-
-/// A worker as its handle knows it: its client, and whether `kill()` ended it.
-pub(super) struct LuaWorker {
-    pub(super) worker: Worker,
-    pub(super) killed: Cell<bool>,
-}
-
-impl std::fmt::Display for LuaVm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.worker {
-            None => write!(f, "VM {}", self.handle.name()),
-            Some(w) => f.write_str(w.worker.client.subject()),
-        }
-    }
-}
-
-impl LuaVm {
-    /// The client this handle's calls go through, or why there is none.
-    pub(super) fn client(&self, op: &'static str) -> Result<AgentClient, VmApiError> {
-        let main = self.handle.client(op)?;
-        match &self.worker {
-            None => Ok(main),
-            Some(w) if w.killed.get() => Err(VmApiError::WorkerKilled {
-                worker: self.to_string(),
-                op,
-            }),
-            Some(w) => Ok(w.worker.client.clone()),
-        }
-    }
-
-    /// Runs `call` on this handle's client; a VM found broken is ended at once.
-    pub(super) fn with_client<T>(
-        &self,
-        op: &'static str,
-        call: impl FnOnce(&AgentClient) -> Result<T, ClientError>,
-    ) -> Result<T, VmApiError> {
-        let client = self.client(op)?;
-        Ok(self.handle.observe(call(&client))?)
-    }
-
-    /// Refuses VM-only operations on a worker.
-    pub(super) fn vm_only(&self, op: &'static str) -> Result<(), VmApiError> {
-        match &self.worker {
-            Some(_) => Err(VmApiError::NotOnWorker {
-                worker: self.to_string(),
-                op,
-            }),
-            None => Ok(()),
-        }
-    }
-}
 
 /// Installs `provium.create`, `provium.shutdown_all` and the VM handle type.
 pub fn install(lua: &Lua, provium: &Table) -> mlua::Result<()> {
@@ -221,8 +69,6 @@ pub fn install(lua: &Lua, provium: &Table) -> mlua::Result<()> {
     )?;
     Ok(())
 }
-
-pub(super) type Method = fn(&Lua, &LuaVm, &[Value]) -> mlua::Result<MultiValue>;
 
 const METHODS: &[(&str, Method)] = &[
     ("boot", boot),
@@ -267,18 +113,6 @@ fn field(lua: &Lua, this: &LuaVm, key: &Value) -> mlua::Result<Value> {
     })
 }
 
-pub(super) fn arg(values: &[Value], index: usize) -> &Value {
-    values.get(index).unwrap_or(&Value::Nil)
-}
-
-pub(super) fn returns(values: impl IntoIterator<Item = Value>) -> MultiValue {
-    values.into_iter().collect()
-}
-
-pub(super) fn lua_bytes(lua: &Lua, bytes: &[u8]) -> mlua::Result<Value> {
-    lua.create_string(bytes).map(Value::String)
-}
-
 /// Gives a booted `vm` (e.g. one resumed from a fixture snapshot) a handle in the
 /// running file: its console is registered for the report and the log, and the file
 /// ends it like any VM it created. `profile` is what `vm.profile` reads.
@@ -316,98 +150,6 @@ fn shutdown_all(lua: &Lua, (): ()) -> mlua::Result<()> {
         ctx.log(&format!("VM {name}: {note}\n"));
     }
     Ok(())
-}
-
-/// `vm:boot(opts)`'s table as [`BootOptions`]; relative host paths resolve against
-/// `root` (the project root).
-fn boot_options(vm: &str, opts: &Value, root: &Path) -> Result<BootOptions, VmApiError> {
-    let bad = |reason: String| VmApiError::BootOption {
-        vm: vm.to_string(),
-        reason,
-    };
-    let opts = options::read(opts, "argument 1 (options)", &BOOT_OPTIONS)
-        .map_err(|e| bad(e.to_string()))?;
-    let get = |key: &str| options::get(&opts, key).map_err(|e| bad(e.to_string()));
-    let mut options = BootOptions::default();
-    match get("memory")? {
-        Value::Nil => {}
-        Value::String(s) => {
-            options.memory_mib =
-                parse_size_mib(&s.to_string_lossy()).map_err(|e| bad(format!("memory: {e}")))?
-        }
-        other => options.memory_mib = args::count("boot", &other, "memory (MiB)")?,
-    }
-    match get("cpus")? {
-        Value::Nil => {}
-        value => {
-            let cpus = args::count("boot", &value, "cpus")?;
-            options.cpus = u32::try_from(cpus)
-                .map_err(|_| bad(format!("cpus must be at most {}, not {cpus}", u32::MAX)))?;
-        }
-    }
-    match get("files")? {
-        Value::Nil => {}
-        value => {
-            let files = args::table("boot", &value, "files")?;
-            for pair in files.pairs::<Value, Value>() {
-                let (guest, host) = pair.map_err(|e| bad(e.to_string()))?;
-                let guest_path = args::text("boot", &guest, "a files key (guest path)")?;
-                let host_path = args::text("boot", &host, &format!("files['{guest_path}']"))?;
-                options.add_file(guest_path, root.join(host_path));
-            }
-        }
-    }
-    match get("disks")? {
-        Value::Nil => {}
-        value => {
-            let disks = args::table("boot", &value, "disks")?;
-            for i in 1..=disks.raw_len() {
-                options.disks.push(disk(vm, &disks.raw_get(i)?, i, root)?);
-            }
-        }
-    }
-    options.validate().map_err(bad)?;
-    Ok(options)
-}
-
-/// One `disks` entry: `{path, format = "raw"|"qcow2", readonly = false}`.
-fn disk(vm: &str, value: &Value, i: usize, root: &Path) -> Result<Disk, VmApiError> {
-    let what = format!("disks[{i}]");
-    let bad = |reason: String| VmApiError::BootOption {
-        vm: vm.to_string(),
-        reason,
-    };
-    let disk = args::table("boot", value, &what)?;
-    let path = match disk.get::<Value>("path")? {
-        Value::Nil => disk.get::<Value>(1)?,
-        named => named,
-    };
-    if path.is_nil() {
-        return Err(bad(format!("{what} has no path (give it as [1] or path=)")));
-    }
-    let path = args::text("boot", &path, &format!("{what}.path"))?;
-    let format = match disk.get::<Value>("format")? {
-        Value::Nil => DiskFormat::Raw,
-        value => match args::text("boot", &value, &format!("{what}.format"))?.as_str() {
-            "raw" => DiskFormat::Raw,
-            "qcow2" => DiskFormat::Qcow2,
-            other => {
-                return Err(bad(format!(
-                    "{what}.format is '{other}'; use \"raw\" or \"qcow2\""
-                )))
-            }
-        },
-    };
-    let readonly = args::flag(
-        "boot",
-        &disk.get::<Value>("readonly")?,
-        &format!("{what}.readonly"),
-    )?;
-    Ok(Disk {
-        path: root.join(path),
-        format,
-        readonly,
-    })
 }
 
 fn boot(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
@@ -654,130 +396,8 @@ mod tests {
     use crate::pool::{Pool, PoolMode};
     use crate::report::Outcome;
     use crate::runs::{RunContext, RunDir};
-    use crate::shim::InjectedFile;
-    use crate::vm::BootError;
     use std::path::PathBuf;
     use std::sync::Arc;
-
-    fn eval(lua: &Lua, code: &str) -> Value {
-        lua.load(format!("return {code}")).eval().unwrap()
-    }
-
-    #[test]
-    fn boot_options_parse_with_defaults_and_project_relative_paths() {
-        let lua = Lua::new();
-        let root = Path::new("/project");
-        assert_eq!(
-            boot_options("a.lua#1", &Value::Nil, root).unwrap(),
-            BootOptions::default()
-        );
-        let opts = eval(
-            &lua,
-            r#"{ memory = "2G", cpus = 2,
-                files = { ["/etc/b"] = "rel/b", ["/etc/a"] = "/abs/a" },
-                disks = { { "d.img", format = "qcow2", readonly = true }, { path = "/e.img" } } }"#,
-        );
-        let parsed = boot_options("a.lua#1", &opts, root).unwrap();
-        assert_eq!((parsed.memory_mib, parsed.cpus), (2048, 2));
-        assert_eq!(
-            parsed.files,
-            vec![
-                InjectedFile {
-                    guest_path: "/etc/a".into(),
-                    host_path: "/abs/a".into()
-                },
-                InjectedFile {
-                    guest_path: "/etc/b".into(),
-                    host_path: "/project/rel/b".into()
-                },
-            ]
-        );
-        assert_eq!(
-            parsed.disks,
-            vec![
-                Disk {
-                    path: "/project/d.img".into(),
-                    format: DiskFormat::Qcow2,
-                    readonly: true
-                },
-                Disk {
-                    path: "/e.img".into(),
-                    format: DiskFormat::Raw,
-                    readonly: false
-                },
-            ]
-        );
-        let memory_as_mib = eval(&lua, "{ memory = 384 }");
-        assert_eq!(
-            boot_options("v", &memory_as_mib, root).unwrap().memory_mib,
-            384
-        );
-    }
-
-    #[test]
-    fn bad_boot_options_name_the_vm_and_the_option() {
-        let lua = Lua::new();
-        let cases = [
-            (
-                "{ memroy = '1G' }",
-                "VM v: boot: unknown option 'memroy' (known options: memory, cpus, files, disks)",
-            ),
-            ("{ memory = '1T' }", "invalid size '1T'"),
-            ("{ memory = '0' }", "zero is not a size"),
-            ("{ cpus = 0 }", "cpus must be at least 1"),
-            (
-                "{ files = { ['etc/x'] = 'x' } }",
-                "guest path 'etc/x' must be absolute",
-            ),
-            (
-                "{ disks = { { 'd.img', format = 'vmdk' } } }",
-                "disks[1].format is 'vmdk'",
-            ),
-            (
-                "{ disks = { { readonly = true } } }",
-                "disks[1] has no path",
-            ),
-            ("{ disks = 'd.img' }", "disks must be a table, not a string"),
-            (
-                "'big'",
-                "argument 1 (options) must be a table, not a string",
-            ),
-        ];
-        for (code, expected) in cases {
-            let error = boot_options("v", &eval(&lua, code), Path::new("/p"))
-                .unwrap_err()
-                .to_string();
-            assert!(error.contains(expected), "{code}: {error}");
-        }
-    }
-
-    #[test]
-    fn boot_errors_carry_only_the_last_console_lines() {
-        let tail: String = (1..=8).map(|n| format!("line {n}\n")).collect();
-        assert_eq!(
-            console_suffix(Some(&tail)),
-            "\nlast console lines:\nline 4\nline 5\nline 6\nline 7\nline 8"
-        );
-        assert_eq!(console_suffix(Some("  \n")), "");
-        assert_eq!(console_suffix(None), "");
-        let failed = VmApiError::CommandFailed {
-            exit_code: 4,
-            cmd: "cat /x".into(),
-            stderr: "cat: /x: No such file\n".into(),
-        };
-        assert_eq!(
-            failed.to_string(),
-            "command failed (exit 4): cat /x\ncat: /x: No such file"
-        );
-        let boot = VmApiError::Start(StartError::Boot(Box::new(BootError::Timeout {
-            vm: "a.lua#1".into(),
-            timeout: Duration::from_secs(30),
-            console_log: "/r/vm1/console.log".into(),
-            console_tail: String::new(),
-        })));
-        assert!(boot.is_infrastructure());
-        assert!(!failed.is_infrastructure());
-    }
 
     /// Runs `script` as a test file with the VM API installed; no VM is booted.
     fn run_script(script: &str) -> crate::report::FileReport {

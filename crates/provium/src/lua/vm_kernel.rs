@@ -9,8 +9,8 @@ use std::time::Duration;
 use mlua::{Lua, MultiValue, Table, Value};
 
 use super::options;
-use super::vm_api::{arg, fail, lua_bytes, returns, LuaVm, LuaWorker, Method, VmApiError};
 use super::vm_args::{self as args, ArgError};
+use super::vm_handle::{arg, fail, lua_bytes, returns, LuaVm, LuaWorker, Method, VmApiError};
 use super::vm_values::output_string;
 use crate::vm::client::{JobStatus, SyscallCall, SyscallOutcome};
 

@@ -15,7 +15,7 @@ use thiserror::Error;
 use super::initrd::InitrdError;
 use super::kernel::KernelError;
 use super::link::{Link, LinkError, Liveness};
-use super::qemu::{ConnectError, LaunchSpec, Qemu, QemuError};
+use super::qemu::{stderr_suffix, ConnectError, LaunchSpec, Qemu, QemuError};
 use super::snapshot::{self, ResumeError};
 use super::{AgentChannel, CONSOLE_TAIL_LINES};
 use crate::vm::client::EXIT_EVIDENCE_WAIT;
@@ -88,14 +88,6 @@ pub enum BootError {
         console_log: PathBuf,
         console_tail: String,
     },
-}
-
-pub(crate) fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() {
-        String::new()
-    } else {
-        format!("; QEMU stderr: {stderr}")
-    }
 }
 
 impl BootError {

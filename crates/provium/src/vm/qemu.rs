@@ -179,6 +179,15 @@ fn spawn_from_keeper(command: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("the spawner thread is gone"))?
 }
 
+/// `; QEMU stderr: …` after an error message, when QEMU said anything.
+pub fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; QEMU stderr: {stderr}")
+    }
+}
+
 /// Escapes a value for QEMU's `key=value,...` option syntax.
 fn opt_escape(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")

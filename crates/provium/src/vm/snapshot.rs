@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use thiserror::Error;
 
-use super::boot::stderr_suffix;
 use super::client::EXIT_EVIDENCE_WAIT;
-use super::qemu::{LaunchSpec, Qemu, QemuError};
+use super::qemu::{stderr_suffix, LaunchSpec, Qemu, QemuError};
 use super::BootProfile;
 use crate::qmp::QmpError;
 
