@@ -90,17 +90,39 @@ enum Stream {
     Stderr,
 }
 
+/// A descriptor `exec` watches while the command runs: the channel's socket, on which
+/// the host may cancel the request. `readable` is called when it has data and says
+/// whether the request was cancelled.
+pub struct Watch<'a> {
+    pub fd: i32,
+    pub readable: &'a mut dyn FnMut() -> bool,
+}
+
+/// Why a command was stopped before it exited by itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    Sink,
+    Deadline,
+    Cancelled,
+}
+
 /// Pumps the shell's output into `sink` until the shell exits, then takes what is
-/// already buffered in the pipes and reaps it. `sink` returns false to stop early
-/// (the group is then killed). Returns the wait status.
-fn pump(shell: Shell, mut sink: impl FnMut(Stream, &[u8]) -> bool) -> Result<i32, AgentError> {
+/// already buffered in the pipes and reaps it. `sink` returns false to stop early; the
+/// group is also killed at `deadline` and when `watch` reports a cancel. Returns the
+/// wait status and why the command was stopped, if it was.
+fn pump(
+    shell: Shell,
+    deadline: Option<Instant>,
+    mut watch: Option<Watch<'_>>,
+    mut sink: impl FnMut(Stream, &[u8]) -> bool,
+) -> Result<(i32, Option<Stopped>), AgentError> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut open = [true, true];
     let fds = [shell.stdout.as_raw_fd(), shell.stderr.as_raw_fd()];
     let streams = [Stream::Stdout, Stream::Stderr];
-    let mut stopped = false;
+    let mut stopped = None;
     let mut exited = false;
-    while !exited && !stopped {
+    while !exited && stopped.is_none() {
         let mut pfds = [
             libc::pollfd {
                 fd: if open[0] { fds[0] } else { -1 },
@@ -117,12 +139,29 @@ fn pump(shell: Shell, mut sink: impl FnMut(Stream, &[u8]) -> bool) -> Result<i32
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: watch.as_ref().map_or(-1, |w| w.fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        if unsafe { libc::poll(pfds.as_mut_ptr(), 3, -1) } < 0 {
+        let wait_ms = match deadline {
+            None => -1,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    stopped = Some(Stopped::Deadline);
+                    break;
+                }
+                i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
+            }
+        };
+        // SAFETY: `pfds` is a live array of 4 pollfd structs for the whole call.
+        if unsafe { libc::poll(pfds.as_mut_ptr(), 4, wait_ms) } < 0 {
             if sys::errno() == libc::EINTR {
                 continue;
             }
-            stopped = true;
+            stopped = Some(Stopped::Sink);
             break;
         }
         for i in 0..2 {
@@ -131,15 +170,25 @@ fn pump(shell: Shell, mut sink: impl FnMut(Stream, &[u8]) -> bool) -> Result<i32
                     Ok(0) | Err(_) => open[i] = false,
                     Ok(n) => {
                         if !sink(streams[i], &buf[..n]) {
-                            stopped = true;
+                            stopped = Some(Stopped::Sink);
                         }
                     }
                 }
             }
         }
+        if pfds[3].revents != 0 {
+            if let Some(w) = watch.as_mut() {
+                if (w.readable)() {
+                    stopped = Some(Stopped::Cancelled);
+                } else if pfds[3].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                    // A closed or failing channel: stop watching; the serve loop sees it.
+                    watch = None;
+                }
+            }
+        }
         exited = pfds[2].revents != 0;
     }
-    if stopped {
+    if stopped.is_some() {
         kill_group(shell.pid);
     } else {
         // The shell is gone; whatever it wrote is in the pipes. A background
@@ -156,19 +205,23 @@ fn pump(shell: Shell, mut sink: impl FnMut(Stream, &[u8]) -> bool) -> Result<i32
             }
         }
     }
-    sys::wait_pid(shell.pid).map_err(|errno| AgentError::Os {
+    let status = sys::wait_pid(shell.pid).map_err(|errno| AgentError::Os {
         op: format!("waitpid {}", shell.pid),
         errno,
-    })
+    })?;
+    Ok((status, stopped))
 }
 
-/// Runs `cmd` to completion.
-pub fn exec(cmd: &str) -> Result<Response, AgentError> {
+/// Runs `cmd` to completion, or until `timeout_ms` (0: none) passes or the host
+/// cancels it through `watch`; either kills its process group.
+pub fn exec(cmd: &str, timeout_ms: u64, watch: Option<Watch<'_>>) -> Result<Response, AgentError> {
+    let started = Instant::now();
+    let deadline = (timeout_ms > 0).then(|| started + Duration::from_millis(timeout_ms));
     let shell = spawn_shell(cmd, "exec")?;
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     let mut over = false;
-    let status = pump(shell, |stream, data| {
+    let (status, stopped) = pump(shell, deadline, watch, |stream, data| {
         if stdout.len() + stderr.len() + data.len() > MAX_DATA as usize {
             over = true;
             return false;
@@ -183,6 +236,12 @@ pub fn exec(cmd: &str) -> Result<Response, AgentError> {
         return Err(AgentError::OutputTooLarge {
             cmd: cmd.to_string(),
             cap: u64::from(MAX_DATA),
+        });
+    }
+    if let Some(Stopped::Deadline | Stopped::Cancelled) = stopped {
+        return Err(AgentError::CommandTimedOut {
+            cmd: cmd.to_string(),
+            after_ms: started.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
         });
     }
     Ok(Response::Exec {
@@ -276,7 +335,7 @@ impl Jobs {
         std::thread::Builder::new()
             .name(format!("job-{id}"))
             .spawn(move || {
-                let result = pump(shell, |stream, data| {
+                let result = pump(shell, None, None, |stream, data| {
                     let mut st = collector.lock();
                     if st.stdout.len() + st.stderr.len() + data.len() > MAX_DATA as usize {
                         st.over_cap = true;
@@ -290,7 +349,7 @@ impl Jobs {
                 });
                 let mut st = collector.lock();
                 match result {
-                    Ok(status) => st.exit_code = Some(sys::exit_code(status)),
+                    Ok((status, _)) => st.exit_code = Some(sys::exit_code(status)),
                     Err(e) => st.failure = Some(e),
                 }
                 collector.done.notify_all();

@@ -265,13 +265,20 @@ impl Router {
                     reason: format!("channel {channel} is a worker"),
                 })
             }
-            _ => return self.forward(channel, seq, &frame.payload),
+            // A cancel reaches the busy worker without replacing the request it
+            // performs (which is still the one a worker death would fail).
+            (Request::Cancel { .. }, _) => {
+                return self.forward(channel, seq, &frame.payload, false)
+            }
+            _ => return self.forward(channel, seq, &frame.payload, true),
         };
         let resp = answer.unwrap_or_else(Response::Error);
         send(&self.writer, channel, seq, &Message::Response(resp));
     }
 
-    fn forward(&self, channel: u32, seq: u32, payload: &[u8]) {
+    /// Hands a frame to the worker serving `channel`; a request (`pending`) is the one
+    /// the worker performs until it answers.
+    fn forward(&self, channel: u32, seq: u32, payload: &[u8], pending: bool) {
         let mut channels = lock(&self.channels);
         let Some(ch) = channels.get_mut(&channel) else {
             drop(channels);
@@ -288,7 +295,9 @@ impl Router {
                 return log!("cannot forward to channel {channel}: {e}");
             }
         };
-        ch.pending = Some(seq);
+        if pending {
+            ch.pending = Some(seq);
+        }
         // The worker's inbound thread does the (possibly blocking) write, so a busy
         // worker never stalls the router.
         let _ = ch.to_worker.send(frame);

@@ -83,6 +83,8 @@ pub enum AgentError {
     Unsupported { op: String, reason: String },
     /// A request arrived before an accepted `Hello`.
     NoHandshake,
+    /// A command ran past its limit; its process group was killed.
+    CommandTimedOut { cmd: String, after_ms: u64 },
 }
 
 impl AgentError {
@@ -126,6 +128,9 @@ impl AgentError {
             AgentError::NoHandshake => {
                 w.u8(10);
             }
+            AgentError::CommandTimedOut { cmd, after_ms } => {
+                w.u8(11).str(cmd).u64(*after_ms);
+            }
         }
     }
 
@@ -167,6 +172,10 @@ impl AgentError {
                 reason: r.string("reason")?,
             },
             10 => AgentError::NoHandshake,
+            11 => AgentError::CommandTimedOut {
+                cmd: r.string("timed-out command")?,
+                after_ms: r.u64("timeout")?,
+            },
             tag => return Err(ProtoError::UnknownTag { what: "error", tag }),
         })
     }
@@ -201,6 +210,12 @@ impl fmt::Display for AgentError {
             }
             AgentError::Unsupported { op, reason } => write!(f, "{op} is not supported: {reason}"),
             AgentError::NoHandshake => write!(f, "request received before an accepted Hello"),
+            AgentError::CommandTimedOut { cmd, after_ms } => {
+                write!(
+                    f,
+                    "command {cmd:?} ran past {after_ms} ms; its process group was killed"
+                )
+            }
         }
     }
 }

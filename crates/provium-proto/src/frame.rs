@@ -188,11 +188,14 @@ mod tests {
 
     #[test]
     fn pinned_exec_frame() {
-        let msg = Message::Request(Request::Exec { cmd: "id".into() });
+        let msg = Message::Request(Request::Exec {
+            cmd: "id".into(),
+            timeout_ms: 0,
+        });
         let f = encode_message(3, 7, &msg).unwrap();
         assert_eq!(
             hex(&f),
-            "5052564d0300000007000000070000006886acd900e9815710020000006964",
+            "5052564d03000000070000000f00000068eb85ca8f71577e100200000069640000000000000000",
         );
     }
 

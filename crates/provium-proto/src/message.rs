@@ -41,9 +41,11 @@ pub struct IoctlPtr {
 /// What the host asks of the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// Run `cmd` with `/bin/sh -c` in its own process group.
+    /// Run `cmd` with `/bin/sh -c` in its own process group; after `timeout_ms` (0:
+    /// no limit) the agent kills the group and answers `CommandTimedOut`.
     Exec {
         cmd: String,
+        timeout_ms: u64,
     },
     ReadFile {
         path: String,
@@ -106,6 +108,12 @@ pub enum Request {
     Quiesce,
     /// Liveness probe.
     Ping,
+    /// The host gave up on the request `seq` on this channel: a command it started is
+    /// killed (its process group), so the channel is free for the next request. Never
+    /// answered.
+    Cancel {
+        seq: u32,
+    },
 }
 
 /// What the agent answers; `Error` for any request that failed.
@@ -253,15 +261,16 @@ impl Request {
             Request::WorkerKill { .. } => "worker_kill",
             Request::Quiesce => "quiesce",
             Request::Ping => "ping",
+            Request::Cancel { .. } => "cancel",
         }
     }
 
     fn encode(&self) -> Writer {
         let mut w;
         match self {
-            Request::Exec { cmd } => {
+            Request::Exec { cmd, timeout_ms } => {
                 w = Writer::new(0x10);
-                w.str(cmd);
+                w.str(cmd).u64(*timeout_ms);
             }
             Request::ReadFile { path } => {
                 w = Writer::new(0x11);
@@ -334,6 +343,10 @@ impl Request {
             }
             Request::Quiesce => w = Writer::new(0x1e),
             Request::Ping => w = Writer::new(0x1f),
+            Request::Cancel { seq } => {
+                w = Writer::new(0x20);
+                w.u32(*seq);
+            }
         }
         w
     }
@@ -342,6 +355,7 @@ impl Request {
         Ok(match tag {
             0x10 => Request::Exec {
                 cmd: r.string("command")?,
+                timeout_ms: r.u64("timeout_ms")?,
             },
             0x11 => Request::ReadFile {
                 path: r.string("path")?,
@@ -426,6 +440,9 @@ impl Request {
             },
             0x1e => Request::Quiesce,
             0x1f => Request::Ping,
+            0x20 => Request::Cancel {
+                seq: r.u32("cancelled seq")?,
+            },
             tag => {
                 return Err(ProtoError::UnknownTag {
                     what: "request",
@@ -566,6 +583,7 @@ mod tests {
         let reqs = vec![
             Request::Exec {
                 cmd: "echo hi; exit 3".into(),
+                timeout_ms: 5000,
             },
             Request::ReadFile {
                 path: "/etc/passwd".into(),
@@ -644,6 +662,7 @@ mod tests {
             Request::WorkerKill { channel: 9 },
             Request::Quiesce,
             Request::Ping,
+            Request::Cancel { seq: 7 },
         ];
         let errors = vec![
             AgentError::Path {
@@ -678,6 +697,10 @@ mod tests {
                 reason: "inside a worker".into(),
             },
             AgentError::NoHandshake,
+            AgentError::CommandTimedOut {
+                cmd: "sleep 9".into(),
+                after_ms: 5000,
+            },
         ];
         let mut resps = vec![
             Response::Exec {

@@ -3,17 +3,19 @@
 //! belong to the engine; this module turns flags into its inputs and its events into
 //! the terminal report.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config;
-use crate::discover;
-use crate::engine::{self, dispatch, DispatchOptions, Filters, RunPlan, Selection};
+use crate::discover::{self, TestFile};
+use crate::duration;
+use crate::engine::{self, dispatch, DispatchOptions, Filters, Partition, RunPlan, Selection};
 use crate::pool::{parse_size_mib, PoolMode};
-use crate::report::{Reporter, Style};
+use crate::report::{PartitionInfo, ReportFiles, Reporter, Style};
 use crate::runs;
 
 /// How the process ends. Several outcomes share a code (SPEC §1 has only 0 and 1),
@@ -44,13 +46,21 @@ const TEST_EXAMPLES: &str = "\
 Examples:
   provium test tests/                    run every test file under tests/
   provium test tests/kacs_boot.lua       run one file
+  provium test a.lua b.lua more/         several paths (shell globs work)
   provium test -f token -f session tests/
   provium test -p 1 --fail-fast tests/
   provium test --rerun-failed tests/     rerun what failed last time in tests/
   provium test --mem 4G --cpus 8 tests/  fixed VM resource budget
+  provium test --timeout 10m --retries 2 --junit junit.xml --partition hash:1/4 tests/
 
 Exit status: 0 when every file passed, 1 when any failed or on any error.
 Failed files' logs are kept under $PROVIUM_RUNS_DIR (default /tmp/provium-runs).";
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  provium list tests/                       every test file under tests/
+  provium list --partition count:2/4 tests/ the files of CI shard 2 of 4
+  provium list --rerun-failed --json tests/ what --rerun-failed would run, as JSON lines";
 
 /// A VM test harness for Linux kernel and system code.
 #[derive(Debug, Parser)]
@@ -65,29 +75,51 @@ enum Command {
     /// Discover and run Lua test files.
     #[command(after_help = TEST_EXAMPLES)]
     Test(TestArgs),
+    /// Print the files `provium test` with the same selection would run; boots nothing.
+    #[command(after_help = LIST_EXAMPLES)]
+    List(ListArgs),
     /// Print the version number.
     Version,
 }
 
+/// Which files: shared by `test` and `list`.
+#[derive(Debug, Args)]
+struct SelectArgs {
+    /// Only run files whose path relative to its <PATH> contains PATTERN. Repeatable:
+    /// a file runs if it matches any.
+    #[arg(short = 'f', value_name = "PATTERN")]
+    filters: Vec<String>,
+
+    /// Run one shard of the selected files: count:K/N deals the sorted list
+    /// round-robin, hash:K/N keeps a file by a stable hash of its relative path (adding
+    /// a file moves no other). K is 1-based; applied after -f.
+    #[arg(long, value_name = "MODE:K/N", value_parser = parse_partition)]
+    partition: Option<Partition>,
+
+    /// Run only the files that failed when they last ran under the same <PATH> (and
+    /// the same --partition shard).
+    #[arg(long)]
+    rerun_failed: bool,
+
+    /// Directories of .lua test files (searched recursively, skipping fixtures/
+    /// directories) or single .lua files; names are relative to each.
+    #[arg(value_name = "PATH", required = true)]
+    paths: Vec<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 struct TestArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+
     /// Run N test files in parallel [default: half the CPUs, minimum 2; unlimited with
     /// --mem/--cpus, where the VM pool gates instead]. -p 1 is strictly sequential.
     #[arg(short = 'p', value_name = "N", value_parser = parse_count)]
     jobs: Option<u32>,
 
-    /// Only run files whose path relative to <PATH> contains PATTERN. Repeatable: a
-    /// file runs if it matches any.
-    #[arg(short = 'f', value_name = "PATTERN")]
-    filters: Vec<String>,
-
     /// Stop launching files after the first failure; running files finish.
     #[arg(long)]
     fail_fast: bool,
-
-    /// Run only the files that failed in the most recent run of this same <PATH>.
-    #[arg(long)]
-    rerun_failed: bool,
 
     /// Total memory budget for VMs (512M, 4G; a bare number is MiB). Enables fixed
     /// resource pooling.
@@ -98,11 +130,42 @@ struct TestArgs {
     #[arg(long, value_name = "N", value_parser = parse_count)]
     cpus: Option<u32>,
 
-    /// A directory of .lua test files (searched recursively, skipping fixtures/
-    /// directories) or a single .lua file.
-    #[arg(value_name = "PATH")]
-    path: PathBuf,
+    /// Each file's time limit: seconds (90) or with a unit (500ms, 30s, 10m, 2h); 0
+    /// for none [default: `timeout` in provium.toml's [run], else 300s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
+
+    /// Run a file that does not pass again, up to N more times, in a fresh state; one
+    /// that passes later is reported ok and flaky.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retries: u32,
+
+    /// Also write a JUnit XML report to FILE (as Jenkins, GitLab and GitHub read it).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+
+    /// Also write the run's events as JSON lines to FILE; `-` for stdout, which then
+    /// carries only JSON (the human report goes to stderr).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Also write a KTAP (version 1) report to FILE, as kselftest and KUnit print it.
+    #[arg(long, value_name = "FILE")]
+    ktap: Option<PathBuf>,
 }
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+
+    /// Print one JSON object per file instead of its relative path.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A file's time limit when neither the flag nor `provium.toml` sets one.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn parse_count(input: &str) -> Result<u32, String> {
     match input.parse::<u32>() {
@@ -114,6 +177,14 @@ fn parse_count(input: &str) -> Result<u32, String> {
 
 fn parse_mem(input: &str) -> Result<u64, String> {
     parse_size_mib(input).map_err(|e| e.to_string())
+}
+
+fn parse_timeout(input: &str) -> Result<Duration, String> {
+    duration::parse(input).map_err(|e| e.to_string())
+}
+
+fn parse_partition(input: &str) -> Result<Partition, String> {
+    input.parse()
 }
 
 impl TestArgs {
@@ -128,15 +199,45 @@ impl TestArgs {
         }
     }
 
-    fn dispatch_options(&self) -> DispatchOptions {
+    /// The flag wins over `[run] timeout`, which wins over the default; zero is none.
+    fn dispatch_options(&self, config: &config::Config) -> DispatchOptions {
         let jobs = match (self.jobs, self.pool_mode()) {
             (Some(n), _) => Some(n as usize),
             (None, PoolMode::Fixed { .. }) => None,
             (None, PoolMode::Auto) => Some(dispatch::default_jobs()),
         };
+        let timeout = self
+            .timeout
+            .or(config.run.timeout)
+            .unwrap_or(DEFAULT_TIMEOUT);
         DispatchOptions {
             jobs,
             fail_fast: self.fail_fast,
+            retries: self.retries,
+            timeout: (!timeout.is_zero()).then_some(timeout),
+        }
+    }
+}
+
+impl SelectArgs {
+    fn filters(&self) -> Filters {
+        Filters {
+            patterns: self.filters.clone(),
+            partition: self.partition,
+            rerun_failed: self.rerun_failed,
+        }
+    }
+
+    /// Discovers and selects; `None` when `--rerun-failed` has nothing to rerun (the
+    /// reason is printed).
+    fn files(&self) -> anyhow::Result<Option<(Vec<TestFile>, Option<PartitionInfo>)>> {
+        let found = discover::discover_all(&self.paths)?;
+        match engine::select(found, &self.paths, &self.filters(), &runs::runs_parent())? {
+            Selection::Files { files, partition } => Ok(Some((files, partition))),
+            Selection::NothingToRerun(why) => {
+                println!("{why}");
+                Ok(None)
+            }
         }
     }
 }
@@ -162,6 +263,7 @@ where
             Ok(Exit::Success)
         }
         Command::Test(args) => test(args),
+        Command::List(args) => list(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -205,42 +307,45 @@ fn clap_exit(error: clap::Error) -> Exit {
 fn test(args: TestArgs) -> anyhow::Result<Exit> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let config = config::load(&cwd)?;
-    let found = discover::discover(&args.path)?;
-    let runs_parent = runs::runs_parent();
-    let filters = Filters {
-        patterns: args.filters.clone(),
-        rerun_failed: args.rerun_failed,
+    let Some((files, partition_info)) = args.select.files()? else {
+        return Ok(Exit::Success);
     };
-    let root_key = found.root_key.clone();
-    let test_root = found.root_dir.clone();
-    let files = match engine::select(found, &args.path, &filters, &runs_parent)? {
-        Selection::Files(files) => files,
-        Selection::NothingToRerun(why) => {
-            println!("{why}");
-            return Ok(Exit::Success);
-        }
-    };
+    let dispatch = args.dispatch_options(&config);
     let plan = RunPlan {
         files,
-        root_key,
-        test_root,
         config,
-        runs_parent,
+        runs_parent: runs::runs_parent(),
         pool: args.pool_mode(),
-        dispatch: args.dispatch_options(),
+        dispatch,
+        partition: args.select.partition.zip(partition_info),
     };
-
-    let mut reporter = Reporter::new(io::stdout(), Style::detect());
+    let json_on_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    let outputs = ReportFiles {
+        junit: args.junit.clone(),
+        json: args.json.clone(),
+        ktap: args.ktap.clone(),
+    };
+    let mut sinks = outputs.open()?;
+    let mut terminal: Reporter<Box<dyn io::Write>> = if json_on_stdout {
+        Reporter::new(Box::new(io::stderr()), Style::PLAIN)
+    } else {
+        Reporter::new(Box::new(io::stdout()), Style::detect())
+    };
     let mut output_error = None;
     let summary = engine::run(plan, |event| {
-        if let Err(e) = reporter.handle(&event) {
+        if let Err(e) = terminal.handle(&event) {
             output_error.get_or_insert(e);
+        }
+        for sink in sinks.iter_mut() {
+            if let Err(e) = sink.handle(&event) {
+                output_error.get_or_insert(e);
+            }
         }
     })?;
     if let Some(e) = output_error {
         // A closed stdout (e.g. `| head`) must not turn a failing run into a pass.
         if e.kind() != io::ErrorKind::BrokenPipe {
-            return Err(e).context("cannot write the report to stdout");
+            return Err(e).context("cannot write the report");
         }
     }
 
@@ -253,6 +358,33 @@ fn test(args: TestArgs) -> anyhow::Result<Exit> {
     })
 }
 
+/// `provium list`: the files a `provium test` with the same selection would run.
+fn list(args: ListArgs) -> anyhow::Result<Exit> {
+    let Some((files, _)) = args.select.files()? else {
+        return Ok(Exit::Success);
+    };
+    let mut out = io::stdout().lock();
+    for file in &files {
+        let line = if args.json {
+            serde_json::json!({
+                "file": file.name,
+                "path": file.path,
+                "root": file.root.key,
+            })
+            .to_string()
+        } else {
+            file.name.clone()
+        };
+        if let Err(e) = writeln!(out, "{line}") {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                break;
+            }
+            return Err(e).context("cannot write the list to stdout");
+        }
+    }
+    Ok(Exit::Success)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,7 +393,7 @@ mod tests {
         let cli = Cli::try_parse_from(args).unwrap();
         match cli.command {
             Command::Test(args) => args,
-            Command::Version => panic!("expected test"),
+            other => panic!("expected test, got {other:?}"),
         }
     }
 
@@ -286,19 +418,61 @@ mod tests {
 
     #[test]
     fn jobs_default_and_fixed_pool_unlimited() {
-        let auto = parse(&["provium", "test", "t"]).dispatch_options();
+        let config = config::Config::empty("/p");
+        let auto = parse(&["provium", "test", "t"]).dispatch_options(&config);
         assert!(auto.jobs.unwrap() >= 2);
-        let fixed = parse(&["provium", "test", "--mem", "1G", "t"]).dispatch_options();
+        let fixed = parse(&["provium", "test", "--mem", "1G", "t"]).dispatch_options(&config);
         assert_eq!(fixed.jobs, None);
         let explicit = parse(&["provium", "test", "--mem", "1G", "-p", "3", "t"]);
-        assert_eq!(explicit.dispatch_options().jobs, Some(3));
+        assert_eq!(explicit.dispatch_options(&config).jobs, Some(3));
     }
 
     #[test]
-    fn filters_repeat() {
-        let args = parse(&["provium", "test", "-f", "a", "-f", "b", "--fail-fast", "t"]);
-        assert_eq!(args.filters, ["a", "b"]);
+    fn the_timeout_flag_wins_over_the_config_and_zero_lifts_it() {
+        let mut config = config::Config::empty("/p");
+        let default = parse(&["provium", "test", "t"]).dispatch_options(&config);
+        assert_eq!(default.timeout, Some(Duration::from_secs(300)));
+        config.run.timeout = Some(Duration::from_secs(600));
+        let from_config = parse(&["provium", "test", "t"]).dispatch_options(&config);
+        assert_eq!(from_config.timeout, Some(Duration::from_secs(600)));
+        let flag = parse(&["provium", "test", "--timeout", "500ms", "t"]);
+        assert_eq!(
+            flag.dispatch_options(&config).timeout,
+            Some(Duration::from_millis(500))
+        );
+        let none = parse(&["provium", "test", "--timeout", "0", "t"]);
+        assert_eq!(none.dispatch_options(&config).timeout, None);
+        assert_eq!(
+            run(["provium", "test", "--timeout", "soon", "t"]),
+            Exit::Error
+        );
+    }
+
+    #[test]
+    fn filters_repeat_and_paths_are_many() {
+        let args = parse(&[
+            "provium",
+            "test",
+            "-f",
+            "a",
+            "-f",
+            "b",
+            "--fail-fast",
+            "t",
+            "u.lua",
+        ]);
+        assert_eq!(args.select.filters, ["a", "b"]);
+        assert_eq!(
+            args.select.paths,
+            [PathBuf::from("t"), PathBuf::from("u.lua")]
+        );
         assert!(args.fail_fast);
+        let sharded = parse(&["provium", "test", "--partition", "hash:2/3", "t"]);
+        assert_eq!(sharded.select.partition.unwrap().to_string(), "hash:2/3");
+        assert_eq!(
+            run(["provium", "test", "--partition", "count:4/3", "t"]),
+            Exit::Error
+        );
     }
 
     #[test]

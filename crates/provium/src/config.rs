@@ -12,6 +12,7 @@ use thiserror::Error;
 pub const CONFIG_FILE: &str = "provium.toml";
 
 const PROFILE_KEYS: [&str; 5] = ["kernel", "initrd", "rootfs", "init", "append"];
+const RUN_KEYS: [&str; 1] = ["timeout"];
 
 /// A loaded `provium.toml` (or the absence of one).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,15 @@ pub struct Config {
     /// there is none. Relative paths (profile paths, `files` of a boot) resolve here.
     pub root: PathBuf,
     pub profiles: BTreeMap<String, Profile>,
+    /// The `[run]` table: defaults for `provium test` that its flags override.
+    pub run: RunSettings,
+}
+
+/// `[run]`: run defaults kept with the project.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSettings {
+    /// Each file's time limit (`timeout = "10m"` or seconds); zero means none.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// One `[profile.NAME]` table with its paths resolved against the project root and
@@ -52,8 +62,16 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{}: unknown top-level key '{key}' (only [profile.NAME] tables are allowed)", path.display())]
+    #[error("{}: unknown top-level key '{key}' (only [profile.NAME] tables and [run] are allowed)", path.display())]
     UnknownTopLevel { path: PathBuf, key: String },
+    #[error("{}: [run]: unknown key '{key}' (known keys: {})", path.display(), RUN_KEYS.join(", "))]
+    UnknownRunKey { path: PathBuf, key: String },
+    #[error("{}: [run]: {key}: {reason}", path.display())]
+    BadRunValue {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
     #[error("{}: 'profile' must hold [profile.NAME] tables", path.display())]
     ProfilesNotTables { path: PathBuf },
     #[error("profile '{profile}': must be a table of keys (in {})", path.display())]
@@ -160,7 +178,12 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     })?;
 
     let mut profiles = BTreeMap::new();
+    let mut run = RunSettings::default();
     for (key, value) in &table {
+        if key == "run" {
+            run = parse_run(path, value)?;
+            continue;
+        }
         if key != "profile" {
             return Err(ConfigError::UnknownTopLevel {
                 path: path.to_path_buf(),
@@ -181,7 +204,47 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         path: Some(path.to_path_buf()),
         root,
         profiles,
+        run,
     })
+}
+
+fn parse_run(path: &Path, value: &toml::Value) -> Result<RunSettings, ConfigError> {
+    let bad = |key: &'static str, reason: String| ConfigError::BadRunValue {
+        path: path.to_path_buf(),
+        key,
+        reason,
+    };
+    let toml::Value::Table(keys) = value else {
+        return Err(bad("[run]", "must be a table of keys".to_string()));
+    };
+    if let Some(unknown) = keys.keys().find(|k| !RUN_KEYS.contains(&k.as_str())) {
+        return Err(ConfigError::UnknownRunKey {
+            path: path.to_path_buf(),
+            key: unknown.clone(),
+        });
+    }
+    let timeout = match keys.get("timeout") {
+        None => None,
+        Some(toml::Value::String(text)) => {
+            Some(crate::duration::parse(text).map_err(|e| bad("timeout", e.to_string()))?)
+        }
+        Some(toml::Value::Integer(n)) => Some(
+            crate::duration::from_seconds(*n as f64).map_err(|e| bad("timeout", e.to_string()))?,
+        ),
+        Some(toml::Value::Float(n)) => {
+            Some(crate::duration::from_seconds(*n).map_err(|e| bad("timeout", e.to_string()))?)
+        }
+        Some(other) => {
+            return Err(bad(
+                "timeout",
+                format!(
+                    "must be a duration (\"10m\") or seconds, not {}",
+                    other.type_str()
+                ),
+            ))
+        }
+    };
+    Ok(RunSettings { timeout })
 }
 
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
@@ -283,6 +346,7 @@ impl Config {
             path: None,
             root: root.into(),
             profiles: BTreeMap::new(),
+            run: RunSettings::default(),
         }
     }
 
@@ -402,6 +466,32 @@ mod tests {
         );
         assert_eq!(config.resolve("a/b"), project.root().join("a/b"));
         assert_eq!(config.resolve("/abs"), PathBuf::from("/abs"));
+    }
+
+    #[test]
+    fn the_run_table_sets_the_timeout_and_names_bad_values() {
+        let project = Project::new();
+        project.config("[run]\ntimeout = \"10m\"\n");
+        let config = load(project.root()).unwrap();
+        assert_eq!(
+            config.run.timeout,
+            Some(std::time::Duration::from_secs(600))
+        );
+        project.config("[run]\ntimeout = 90\n");
+        assert_eq!(
+            load(project.root()).unwrap().run.timeout,
+            Some(std::time::Duration::from_secs(90))
+        );
+        let err = project.load_err("[run]\ntimeout = \"soon\"\n");
+        assert!(
+            err.contains("[run]: timeout: invalid duration 'soon'"),
+            "{err}"
+        );
+        let err = project.load_err("[run]\ntimout = 5\n");
+        assert!(
+            err.contains("[run]: unknown key 'timout' (known keys: timeout)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@ use crate::vm::snapshot::Snapshot;
 /// boots a VM (30 s at most) and runs the script's setup, which may be long.
 pub const BUILD_WAIT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How often a wait for another file's build checks whether its own file must stop.
+const STOP_CHECK: Duration = Duration::from_millis(250);
+
 /// Why `provium.fixture` could not hand out a VM.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum FixtureError {
@@ -45,6 +48,10 @@ pub enum FixtureError {
     Timeout { name: String, timeout: Duration },
     #[error("fixture '{name}': the run is ending")]
     RunEnded { name: String },
+    /// The requesting file had to stop while it waited for or built the fixture; a
+    /// build stopped this way is not recorded (the next request builds again).
+    #[error("fixture '{name}': {reason}")]
+    Stopped { name: String, reason: String },
 }
 
 fn list_paths(paths: &[PathBuf]) -> String {
@@ -174,10 +181,16 @@ impl Registry {
                             timeout: wait,
                         });
                     }
+                    if let Err(stop) = crate::cancel::checkpoint() {
+                        return Err(FixtureError::Stopped {
+                            name: name.to_string(),
+                            reason: stop.to_string(),
+                        });
+                    }
                     state.waiting.insert(me, script.to_path_buf());
                     state = self
                         .changed
-                        .wait_timeout(state, deadline - now)
+                        .wait_timeout(state, (deadline - now).min(STOP_CHECK))
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                     state.waiting.remove(&me);
@@ -213,15 +226,20 @@ impl Registry {
                 let ended = FixtureError::RunEnded {
                     name: name.to_string(),
                 };
-                (Entry::Failed(ended.clone()), Err(ended))
+                (Some(Entry::Failed(ended.clone())), Err(ended))
             }
             Ok(snapshot) => {
                 let snapshot = Arc::new(snapshot);
-                (Entry::Ready(Arc::clone(&snapshot)), Ok(snapshot))
+                (Some(Entry::Ready(Arc::clone(&snapshot))), Ok(snapshot))
             }
-            Err(error) => (Entry::Failed(error.clone()), Err(error)),
+            // The requester stopped, not the fixture: the next request builds again.
+            Err(error @ FixtureError::Stopped { .. }) => (None, Err(error)),
+            Err(error) => (Some(Entry::Failed(error.clone())), Err(error)),
         };
-        state.entries.insert(script.to_path_buf(), entry);
+        match entry {
+            Some(entry) => state.entries.insert(script.to_path_buf(), entry),
+            None => state.entries.remove(script),
+        };
         drop(state);
         self.changed.notify_all();
         answer

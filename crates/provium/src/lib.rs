@@ -2,9 +2,11 @@
 //! handles and the agent client, and reporting. The `provium` binary is a thin CLI
 //! over it (see ARCHITECTURE.md for the layers).
 
+pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod discover;
+pub mod duration;
 pub mod engine;
 pub mod fixtures;
 pub mod lua;

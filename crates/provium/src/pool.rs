@@ -184,6 +184,13 @@ pub enum PoolError {
         request: String,
         evidence: String,
     },
+    /// The file had to stop (its time ran out, the run was interrupted) while waiting.
+    #[error("{file}: stopped waiting for resources for {what}: {reason}")]
+    Stopped {
+        file: String,
+        what: String,
+        reason: String,
+    },
     #[error("{file}: cannot boot {what}: {source}")]
     MemInfo {
         file: String,
@@ -495,6 +502,13 @@ impl Pool {
             };
             if free.fits(request) {
                 break Ok(());
+            }
+            if let Err(stop) = crate::cancel::checkpoint() {
+                break Err(PoolError::Stopped {
+                    file: file.name.clone(),
+                    what: what.to_string(),
+                    reason: stop.to_string(),
+                });
             }
             file_state(&mut state, file).waiting.insert(
                 ticket,

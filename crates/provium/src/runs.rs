@@ -22,20 +22,37 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use crate::config::Config;
 use crate::fixtures;
 use crate::pool::Pool;
+use crate::report::Event;
 use crate::vm::host::HostCache;
+
+/// Where a file's thread sends what happens while it runs (boots, finished
+/// sub-tests, notices); the dispatcher forwards them in order with its own events.
+#[derive(Debug, Clone, Default)]
+pub struct RunEvents(Option<mpsc::Sender<Event>>);
+
+impl RunEvents {
+    pub fn new(sender: mpsc::Sender<Event>) -> RunEvents {
+        RunEvents(Some(sender))
+    }
+
+    /// Sends `event`; dropped when nobody listens (tests, a run that has ended).
+    pub fn send(&self, event: Event) {
+        if let Some(sender) = &self.0 {
+            let _ = sender.send(event);
+        }
+    }
+}
 
 /// Everything a run shares with every file it runs: read-only after the run starts,
 /// handed to each file's Lua state as an `Arc`.
 #[derive(Debug)]
 pub struct RunContext {
     pub run_dir: RunDir,
-    /// Canonical directory of the test root (`require` searches it).
-    pub test_root: PathBuf,
     /// Where relative paths from the configuration and `vm:boot{files=…}` resolve.
     pub project_root: PathBuf,
     /// The profiles from `provium.toml` (none when there is no such file).
@@ -46,25 +63,27 @@ pub struct RunContext {
     pub vm_host: HostCache,
     /// The run's fixtures: built once, snapshots deleted when the run closes it.
     pub fixtures: fixtures::Registry,
+    pub events: RunEvents,
 }
 
 impl RunContext {
-    /// A run's context with a fresh pool of `pool`'s kind, host cache and fixtures.
+    /// A run's context: its directory, configuration, pool and host cache, a fresh
+    /// fixture registry, and where its files' events go.
     pub fn new(
         run_dir: RunDir,
-        test_root: PathBuf,
         config: Config,
         pool: Arc<Pool>,
         vm_host: HostCache,
+        events: RunEvents,
     ) -> RunContext {
         RunContext {
             run_dir,
-            test_root,
             project_root: config.root.clone(),
             config,
             pool,
             vm_host,
             fixtures: fixtures::Registry::default(),
+            events,
         }
     }
 }
@@ -146,6 +165,16 @@ impl RunDir {
     /// `<run dir>/<name>.log`, where `name` is the file's path relative to the root.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.path.join(format!("{name}.log"))
+    }
+
+    /// The log of attempt `attempt` of file `name` (`--retries`): `<name>.log` for
+    /// the first, then `<name>.attempt2.log`, … — each attempt keeps its own.
+    pub fn attempt_log_path(&self, name: &str, attempt: u32) -> PathBuf {
+        if attempt <= 1 {
+            self.log_path(name)
+        } else {
+            self.log_path(&format!("{name}.attempt{attempt}"))
+        }
     }
 
     /// Removes the run directory if nothing is left in it (every file passed and the
@@ -233,11 +262,16 @@ impl FileLog {
     }
 }
 
-/// What `--rerun-failed` reads: the most recent run of one test root.
+/// What `--rerun-failed` reads: which files of one test root (and `--partition`
+/// shard) failed when they last ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureRecord {
     /// Canonical path of the `<path>` argument (a directory or a single file).
     pub root: PathBuf,
+    /// The `--partition` shard (`count:2/4`), if the runs were sharded.
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// The run that last updated the record.
     pub run_dir: PathBuf,
     pub finished_unix_ms: u64,
     /// Relative names of the files that failed, sorted.
@@ -253,21 +287,49 @@ impl FailureRecord {
             .unwrap_or(0);
         FailureRecord {
             root,
+            partition: None,
             run_dir,
             finished_unix_ms,
             failed,
         }
     }
 
-    fn record_path(parent: &Path, root: &Path) -> PathBuf {
-        let hash = fnv1a(root.as_os_str().as_encoded_bytes());
+    /// The record after a run that ran `finished` (name, failed?) under this root:
+    /// files it ran and passed leave it, files it ran and failed join it, files it
+    /// did not run keep their state.
+    pub fn updated(
+        previous: Option<FailureRecord>,
+        root: PathBuf,
+        partition: Option<String>,
+        run_dir: PathBuf,
+        finished: &[(String, bool)],
+    ) -> FailureRecord {
+        let mut failed: Vec<String> = previous.map(|r| r.failed).unwrap_or_default();
+        for (name, did_fail) in finished {
+            failed.retain(|f| f != name);
+            if *did_fail {
+                failed.push(name.clone());
+            }
+        }
+        let mut record = FailureRecord::new(root, run_dir, failed);
+        record.partition = partition;
+        record
+    }
+
+    fn record_path(parent: &Path, root: &Path, partition: Option<&str>) -> PathBuf {
+        let mut key = root.as_os_str().as_encoded_bytes().to_vec();
+        if let Some(partition) = partition {
+            key.extend_from_slice(b"\0partition ");
+            key.extend_from_slice(partition.as_bytes());
+        }
+        let hash = fnv1a(&key);
         parent.join(format!("last-{hash:016x}.json"))
     }
 
     /// Replaces the root's record atomically (write then rename), so a concurrent
     /// reader sees the old record or the new one, never half of one.
     pub fn save(&self, parent: &Path) -> Result<(), RunsError> {
-        let path = Self::record_path(parent, &self.root);
+        let path = Self::record_path(parent, &self.root, self.partition.as_deref());
         let tmp = parent.join(format!(".last-{}-{}.tmp", std::process::id(), new_run_id()));
         let json = serde_json::to_vec_pretty(self).map_err(|e| RunsError::WriteRecord {
             path: path.clone(),
@@ -286,9 +348,13 @@ impl FailureRecord {
         })
     }
 
-    /// The record of the most recent run of `root`, if any run of it finished.
-    pub fn load(parent: &Path, root: &Path) -> Result<Option<FailureRecord>, RunsError> {
-        let path = Self::record_path(parent, root);
+    /// The record of `root` (and `partition`), if any run of it finished.
+    pub fn load(
+        parent: &Path,
+        root: &Path,
+        partition: Option<&str>,
+    ) -> Result<Option<FailureRecord>, RunsError> {
+        let path = Self::record_path(parent, root, partition);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -305,7 +371,7 @@ impl FailureRecord {
                 reason: e.to_string(),
             })?;
         // A hash collision between two roots must not hand one root the other's list.
-        Ok((record.root == root).then_some(record))
+        Ok((record.root == root && record.partition.as_deref() == partition).then_some(record))
     }
 }
 
@@ -370,15 +436,42 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let one = PathBuf::from("/tests/one");
         let two = PathBuf::from("/tests/two");
-        assert_eq!(FailureRecord::load(parent.path(), &one).unwrap(), None);
+        assert_eq!(
+            FailureRecord::load(parent.path(), &one, None).unwrap(),
+            None
+        );
         let record = FailureRecord::new(
             one.clone(),
             "/r".into(),
             vec!["b.lua".into(), "a.lua".into()],
         );
         record.save(parent.path()).unwrap();
-        let loaded = FailureRecord::load(parent.path(), &one).unwrap().unwrap();
+        let loaded = FailureRecord::load(parent.path(), &one, None)
+            .unwrap()
+            .unwrap();
         assert_eq!(loaded.failed, vec!["a.lua", "b.lua"]);
-        assert_eq!(FailureRecord::load(parent.path(), &two).unwrap(), None);
+        assert_eq!(
+            FailureRecord::load(parent.path(), &two, None).unwrap(),
+            None
+        );
+        assert_eq!(
+            FailureRecord::load(parent.path(), &one, Some("count:1/2")).unwrap(),
+            None,
+            "each shard has its own record"
+        );
+    }
+
+    #[test]
+    fn records_change_only_for_the_files_a_run_ran() {
+        let previous = FailureRecord::new(
+            "/t".into(),
+            "/r1".into(),
+            vec!["a.lua".into(), "b.lua".into()],
+        );
+        let finished = [("a.lua".to_string(), false), ("c.lua".to_string(), true)];
+        let next =
+            FailureRecord::updated(Some(previous), "/t".into(), None, "/r2".into(), &finished);
+        assert_eq!(next.failed, ["b.lua", "c.lua"]);
+        assert_eq!(next.run_dir, PathBuf::from("/r2"));
     }
 }

@@ -106,7 +106,14 @@ impl Agent {
 
 fn exec(link: &Link, channel: u32, cmd: &str) -> (i32, String, String) {
     match link
-        .call(channel, &Request::Exec { cmd: cmd.into() }, T)
+        .call(
+            channel,
+            &Request::Exec {
+                cmd: cmd.into(),
+                timeout_ms: 0,
+            },
+            T,
+        )
         .unwrap()
     {
         Response::Exec {
@@ -210,6 +217,7 @@ fn oversize_output_is_an_error_naming_the_cap() {
         0,
         &Request::Exec {
             cmd: format!("head -c {} /dev/zero", MAX_DATA + 1),
+            timeout_ms: 0,
         },
         T,
     ));

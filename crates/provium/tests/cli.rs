@@ -656,12 +656,28 @@ fn interrupt_while_b_runs(b_body: &str) {
     let output = child.wait_with_output().unwrap();
     let run = Run::new(&["test", "-p", "1", "t"], sb.root(), output);
     run.expect_code(1);
+    // The running file is reported, interrupted, with a complete log.
+    let log = run
+        .listed_logs()
+        .pop()
+        .unwrap_or_else(|| panic!("no log listed\n{run}"));
     assert_eq!(
         redact(&run.stdout),
-        "provium test\n\n  a.lua ... ok (T)\n\nFAIL: 1 passed, 0 failed, 2 not run\n",
+        format!(
+            "provium test\n\n  a.lua ... ok (T)\n  b.lua ... FAIL (T)\n    interrupted by SIGINT\n\n\
+             Failed test logs:\n  {:<40} → {}\n\nFAIL: 1 passed, 1 failed, 1 not run\n",
+            "b.lua",
+            redact(&log.display().to_string())
+        ),
         "{run}"
     );
     run.assert_stderr_contains("interrupted by SIGINT");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("result: FAIL (interrupted)"), "{text}");
+    // --rerun-failed picks the interrupted file up.
+    let rerun = sb.provium(&["list", "--rerun-failed", "t"]);
+    rerun.expect_code(0);
+    assert_eq!(rerun.stdout, "b.lua\n", "{rerun}");
 }
 
 #[test]

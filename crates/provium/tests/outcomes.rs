@@ -34,7 +34,10 @@ fn broken_infrastructure_is_an_error_and_a_failed_assertion_a_failure() {
     sandbox.tree(
         "tests",
         &[
-            ("assertion.lua", "test('math', function() assert_eq(1, 2) end)\n"),
+            (
+                "assertion.lua",
+                "test('math', function() assert_eq(1, 2) end)\n",
+            ),
             (
                 "boot_failure.lua",
                 "local vm = provium.create('broken')\nvm:boot()\n",
@@ -81,8 +84,9 @@ fn broken_infrastructure_is_an_error_and_a_failed_assertion_a_failure() {
         "{run}"
     );
     assert!(
-        run.stdout
-            .contains("· sysrq_crash ... FAIL: VM panic.lua#1 broke during exec: the kernel panicked"),
+        run.stdout.contains(
+            "· sysrq_crash ... FAIL: VM panic.lua#1 broke during exec: the kernel panicked"
+        ),
         "{run}"
     );
     assert!(

@@ -11,13 +11,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlua::{Lua, Table};
+use mlua::{HookTriggers, Lua, Table, VmState};
 
 use super::framework::{Framework, Record};
 use super::{
     clean_traceback, error_message, install_modules, root_cause, strip_location, FileContext,
     ModuleInstaller, CONSOLE_TAIL_LINES, PROVIUM_MODULES,
 };
+use crate::cancel::{self, Cancel, Stop};
 use crate::discover::TestFile;
 use crate::report::{FileReport, Outcome};
 use crate::runs::{FileLog, RunContext};
@@ -36,7 +37,14 @@ pub(crate) struct FileError {
 pub(crate) struct Execution {
     pub record: Record,
     pub error: Option<FileError>,
+    /// Why the script was stopped before its end (its time ran out, the run was
+    /// interrupted), when it was.
+    pub stopped: Option<Stop>,
 }
+
+/// How often (in Lua instructions) a running script checks whether it must stop: a
+/// spinning loop is interrupted within microseconds of its deadline.
+const CHECK_EVERY: u32 = 10_000;
 
 /// A finished Lua file, its state gone and its VMs ended.
 pub(crate) struct Finished<T> {
@@ -69,23 +77,45 @@ impl<T> Finished<T> {
     }
 }
 
-/// Runs `file` through the whole life cycle on the calling thread. `header` opens its
-/// log; `last_look` sees the live state after the script, before the file's end.
+/// One Lua file to run: which file, its place in the run, which attempt, and when it
+/// must stop.
+pub(crate) struct LuaFile<'a> {
+    pub file: &'a TestFile,
+    pub index: usize,
+    pub attempt: u32,
+    pub cancel: Cancel,
+}
+
+/// Runs `file` through the whole life cycle on the calling thread, with its `cancel`
+/// entered as the thread's current one. `header` opens its log; `last_look` sees the
+/// live state after the script, before the file's end.
 pub(crate) fn run_lua_file<T>(
     run: &Arc<RunContext>,
-    file: &TestFile,
-    index: usize,
+    file: LuaFile<'_>,
     header: &str,
     modules: &[ModuleInstaller],
     last_look: impl FnOnce(&Lua, &FileContext, &Execution) -> T,
 ) -> Finished<T> {
     let started = Instant::now();
-    let log_path = run.run_dir.log_path(&file.name);
+    let LuaFile {
+        file,
+        index,
+        attempt,
+        cancel,
+    } = file;
+    let _entered = cancel::enter(&cancel);
+    let log_path = run.run_dir.attempt_log_path(&file.name, attempt);
     let (log, log_error) = match FileLog::create(log_path.clone()) {
         Ok(log) => (Some(log), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let ctx = Rc::new(FileContext::new(Arc::clone(run), file, index, log));
+    let ctx = Rc::new(FileContext::new(
+        Arc::clone(run),
+        file,
+        index,
+        cancel.clone(),
+        log,
+    ));
     ctx.log(header);
 
     // SAFETY: test files are the user's own code and SPEC §3 gives them the full
@@ -93,14 +123,19 @@ pub(crate) fn run_lua_file<T>(
     // constructor allows. Nothing else shares this state.
     let lua = unsafe { Lua::unsafe_new() };
     lua.set_app_data(Rc::clone(&ctx));
-    let execution = execute(&lua, run, file, modules).unwrap_or_else(|e| Execution {
+    interrupt_when_stopped(&lua, cancel.clone());
+    let mut execution = execute(&lua, file, modules).unwrap_or_else(|e| Execution {
         record: Record::default(),
         error: Some(FileError {
             shown: format!("internal error: {}", root_cause(&e)),
             logged: format!("internal error: {e}"),
             outcome: Outcome::Error,
         }),
+        stopped: None,
     });
+    if execution.error.is_some() {
+        execution.stopped = cancel.check().err();
+    }
     let result = last_look(&lua, &ctx, &execution);
     ctx.end();
     lua.remove_app_data::<Rc<FileContext>>();
@@ -116,27 +151,76 @@ pub(crate) fn run_lua_file<T>(
     }
 }
 
-/// Runs one test file to completion on the calling thread and reports its outcome.
-/// Its log is written as it goes and deleted when the file passes.
-pub fn run_file(run: Arc<RunContext>, file: &TestFile, index: usize) -> FileReport {
-    run_file_with(run, file, index, PROVIUM_MODULES)
+/// Raises in the running script, every [`CHECK_EVERY`] instructions, once the file
+/// must stop; not inside the framework's own prelude, whose bookkeeping must finish
+/// (the next check in the user's code raises).
+fn interrupt_when_stopped(lua: &Lua, cancel: Cancel) {
+    lua.set_hook(
+        HookTriggers::new().every_nth_instruction(CHECK_EVERY),
+        move |_, debug| match cancel.check() {
+            Ok(()) => Ok(VmState::Continue),
+            Err(_)
+                if debug
+                    .source()
+                    .source
+                    .is_some_and(|s| s.contains("provium prelude")) =>
+            {
+                Ok(VmState::Continue)
+            }
+            Err(stop) => Err(mlua::Error::RuntimeError(stop.to_string())),
+        },
+    );
+}
+
+/// Runs attempt `attempt` of one test file to completion on the calling thread and
+/// reports its outcome. Its log is written as it goes and deleted when it passes.
+pub fn run_file(
+    run: Arc<RunContext>,
+    file: &TestFile,
+    index: usize,
+    attempt: u32,
+    cancel: Cancel,
+) -> FileReport {
+    let spec = LuaFile {
+        file,
+        index,
+        attempt,
+        cancel,
+    };
+    run_file_with(run, spec, PROVIUM_MODULES)
 }
 
 pub(crate) fn run_file_with(
     run: Arc<RunContext>,
-    file: &TestFile,
-    index: usize,
+    spec: LuaFile<'_>,
     modules: &[ModuleInstaller],
 ) -> FileReport {
+    let file = spec.file;
+    let attempt = spec.attempt;
     let header = format!(
-        "provium log for {}\nfile: {}\nrun:  {}\n\n",
+        "provium log for {}{}\nfile: {}\nrun:  {}\n\n",
         file.name,
+        if attempt > 1 {
+            format!(" (attempt {attempt})")
+        } else {
+            String::new()
+        },
         file.path.display(),
         run.run_dir.path().display()
     );
-    let finished = run_lua_file(&run, file, index, &header, modules, |_, _, _| ());
-    let Execution { record, error } = &finished.execution;
-    let outcome = file_outcome(record, error.as_ref());
+    let finished = run_lua_file(&run, spec, &header, modules, |_, _, _| ());
+    let Execution {
+        record,
+        error,
+        stopped,
+    } = &finished.execution;
+    let stop_error = stopped.as_ref().map(|stop| FileError {
+        shown: stop.to_string(),
+        logged: stop.to_string(),
+        outcome: stop_outcome(stop),
+    });
+    let error = stop_error.as_ref().or(error.as_ref());
+    let outcome = file_outcome(record, error);
 
     let mut tail = format!(
         "\nresult: {} ({:.3}s)\n",
@@ -147,7 +231,7 @@ pub(crate) fn run_file_with(
         },
         finished.duration.as_secs_f64()
     );
-    if let Some(error) = error {
+    if let Some(error) = finished.execution.error.as_ref() {
         tail.push_str("error outside test():\n");
         for line in error.logged.lines() {
             tail.push_str(&format!("    {line}\n"));
@@ -158,7 +242,7 @@ pub(crate) fn run_file_with(
         Ok(path) => (path, None),
         Err(error) => (None, Some(format!("(log not written: {error})"))),
     };
-    let mut file_error = error.as_ref().map(|e| e.shown.clone());
+    let mut file_error = error.map(|e| e.shown.clone());
     if let (true, Some(note)) = (failed, log_note) {
         file_error = Some(match file_error {
             Some(e) => format!("{e}\n{note}"),
@@ -176,6 +260,16 @@ pub(crate) fn run_file_with(
         },
         log_path,
         outcome,
+        attempt,
+        retrying: false,
+    }
+}
+
+/// The outcome a stopped file or sub-test ends with.
+pub(crate) fn stop_outcome(stop: &Stop) -> Outcome {
+    match stop {
+        Stop::Interrupted { .. } => Outcome::Interrupted,
+        Stop::FileTimeout { .. } | Stop::SubtestTimeout { .. } => Outcome::TimedOut,
     }
 }
 
@@ -195,6 +289,7 @@ fn file_outcome(record: &Record, error: Option<&FileError>) -> Outcome {
         .chain(error.map(|e| &e.outcome))
         .filter(|o| o.is_failure());
     let rank = |o: &Outcome| match o {
+        Outcome::Interrupted => 4,
         Outcome::TimedOut => 3,
         Outcome::Error => 2,
         _ => 1,
@@ -208,13 +303,12 @@ fn file_outcome(record: &Record, error: Option<&FileError>) -> Outcome {
 /// Runs the script in `lua` with the framework and `modules` installed.
 pub(crate) fn execute(
     lua: &Lua,
-    run: &RunContext,
     file: &TestFile,
     modules: &[ModuleInstaller],
 ) -> mlua::Result<Execution> {
     let framework = Framework::install(lua)?;
     install_modules(lua, modules)?;
-    extend_package_path(lua, &run.test_root)?;
+    extend_package_path(lua, &file.root.dir)?;
 
     let plain = |message: String| FileError {
         shown: message.clone(),
@@ -227,6 +321,7 @@ pub(crate) fn execute(
             return Ok(Execution {
                 record: framework.finish(),
                 error: Some(plain(format!("cannot read {}: {e}", file.path.display()))),
+                stopped: None,
             })
         }
     };
@@ -250,6 +345,7 @@ pub(crate) fn execute(
             return Ok(Execution {
                 record: framework.finish(),
                 error: Some(plain(message)),
+                stopped: None,
             })
         }
         Err(e) => return Err(e),
@@ -277,7 +373,11 @@ pub(crate) fn execute(
             })
         }
     };
-    Ok(Execution { record, error })
+    Ok(Execution {
+        record,
+        error,
+        stopped: None,
+    })
 }
 
 /// Appends every console in full, each under its `--- console <n> ---` heading (SPEC §4).
@@ -349,19 +449,21 @@ mod tests {
         fs::write(&path, script).unwrap();
         let run = Arc::new(RunContext::new(
             RunDir::create(&dir.join("runs")).unwrap(),
-            dir.to_path_buf(),
             crate::config::Config::empty(dir),
             Pool::new(PoolMode::Auto),
             Default::default(),
+            Default::default(),
         ));
-        let file = TestFile {
-            name: "vm.lua".into(),
-            path,
+        let file = TestFile::new("vm.lua", path, dir);
+        let spec = LuaFile {
+            file: &file,
+            index: 0,
+            attempt: 1,
+            cancel: Cancel::for_file(None),
         };
         let report = run_file_with(
             Arc::clone(&run),
-            &file,
-            0,
+            spec,
             &[super::super::pack::install, fake_vm_module],
         );
         (report, Arc::into_inner(run).unwrap())

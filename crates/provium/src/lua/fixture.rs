@@ -15,10 +15,12 @@ use std::time::Instant;
 
 use mlua::{AnyUserData, Lua, Table, Value};
 
-use super::file::{run_lua_file, Execution};
+use super::file::{run_lua_file, Execution, LuaFile};
 use super::{plain_errors, raise, vm_api, vm_args, FileContext, PROVIUM_MODULES};
+use crate::cancel::{self, Cancel};
 use crate::discover::TestFile;
 use crate::fixtures::{locate, BuildResult, FixtureError, BUILD_WAIT_TIMEOUT};
+use crate::report::{Event, VmBooted};
 use crate::runs::RunContext;
 use crate::vm::{StartError, StartFrom, Vm};
 
@@ -37,7 +39,7 @@ pub fn install(lua: &Lua, provium: &Table) -> mlua::Result<()> {
 fn is_infrastructure(error: &FixtureError) -> bool {
     !matches!(
         error,
-        FixtureError::BadName { .. } | FixtureError::NotFound { .. }
+        FixtureError::BadName { .. } | FixtureError::NotFound { .. } | FixtureError::Stopped { .. }
     )
 }
 
@@ -50,12 +52,13 @@ fn fixture(lua: &Lua, name: Value) -> mlua::Result<AnyUserData> {
     let run = Arc::clone(ctx.run());
     // The file's path may be relative to the current directory; the root is canonical.
     let file_path = fs::canonicalize(ctx.path()).unwrap_or_else(|_| ctx.path().to_path_buf());
-    let start_dir = file_path.parent().unwrap_or(&run.test_root);
+    let root = ctx.root_dir().to_path_buf();
+    let start_dir = file_path.parent().unwrap_or(&root);
     let fixture_error = |error: FixtureError| {
         let broke = is_infrastructure(&error);
         raise(lua, error.to_string(), broke)
     };
-    let script = locate(&name, start_dir, &run.test_root).map_err(fixture_error)?;
+    let script = locate(&name, start_dir, &root).map_err(fixture_error)?;
     let script = fs::canonicalize(&script).unwrap_or(script);
     let requested = Instant::now();
     let snapshot = run.fixtures.get(
@@ -63,7 +66,7 @@ fn fixture(lua: &Lua, name: Value) -> mlua::Result<AnyUserData> {
         &script,
         run.run_dir.path(),
         BUILD_WAIT_TIMEOUT,
-        |path| build(&run, &name, &script, path),
+        |path| build(&run, &root, &name, &script, path),
     );
     let snapshot = match snapshot {
         Ok(snapshot) => snapshot,
@@ -103,6 +106,19 @@ fn fixture(lua: &Lua, name: Value) -> mlua::Result<AnyUserData> {
             return Err(raise(lua, format!("fixture '{name}': {error}"), true));
         }
     };
+    run.events.send(Event::VmBooted(VmBooted {
+        file: ctx.name().to_string(),
+        vm: vm_name.clone(),
+        profile: snapshot.profile().name.clone(),
+        memory_mib: snapshot.memory_mib(),
+        cpus: snapshot.cpus(),
+        boot: resuming.elapsed(),
+        accel: run
+            .vm_host
+            .qemu()
+            .map_or_else(|_| "unknown".to_string(), |s| s.accel.name().to_string()),
+        fixture: Some(name.clone()),
+    }));
     ctx.log(&format!(
         "VM {vm_name} resumed from fixture '{name}' in {:.3}s after {:.3}s getting \
          the snapshot ({}, {} bytes, taken in {:.3}s); its console is console {}\n",
@@ -118,45 +134,50 @@ fn fixture(lua: &Lua, name: Value) -> mlua::Result<AnyUserData> {
 
 /// Runs the fixture script through the file life cycle (on this thread) and
 /// snapshots the last VM it created to `path`; its other VMs end with the file.
-fn build(run: &Arc<RunContext>, name: &str, script: &Path, path: &Path) -> BuildResult {
+fn build(
+    run: &Arc<RunContext>,
+    root: &Path,
+    name: &str,
+    script: &Path,
+    path: &Path,
+) -> BuildResult {
     // Relative, so its log lands in the run directory like a test file's.
-    let shown = match script.strip_prefix(&run.test_root) {
+    let shown = match script.strip_prefix(root) {
         Ok(relative) => relative.display().to_string(),
         Err(_) => format!("fixtures/{name}.lua"),
     };
-    let file = TestFile {
-        name: shown,
-        path: script.to_path_buf(),
-    };
+    let file = TestFile::new(&shown, script.to_path_buf(), root);
     let header = format!(
         "provium log for fixture '{name}'\nfile: {}\nrun:  {}\n\n",
         script.display(),
         run.run_dir.path().display()
     );
-    let index = NEXT_FIXTURE_INDEX.fetch_add(1, Ordering::Relaxed);
-    let finished = run_lua_file(
-        run,
-        &file,
-        index,
-        &header,
-        PROVIUM_MODULES,
-        |_, ctx, ran| {
-            script_error(ran)?;
-            let mut vm = ctx.fleet().take_last_running().ok_or(
-                "the last VM the script created is not running (or it created none); a fixture \
+    // The build is the requesting file's work: it stops when that file must, and its
+    // own sub-tests have their own limits.
+    let spec = LuaFile {
+        file: &file,
+        index: NEXT_FIXTURE_INDEX.fetch_add(1, Ordering::Relaxed),
+        attempt: 1,
+        cancel: cancel::current()
+            .map(|requester| Cancel::child(&requester))
+            .unwrap_or_default(),
+    };
+    let finished = run_lua_file(run, spec, &header, PROVIUM_MODULES, |_, ctx, ran| {
+        script_error(ran)?;
+        let mut vm = ctx.fleet().take_last_running().ok_or(
+            "the last VM the script created is not running (or it created none); a fixture \
              must end with its VM booted",
-            )?;
-            let snapshot = vm.snapshot(path).map_err(|e| e.to_string())?;
-            ctx.log(&format!(
-                "snapshot of VM {} written to {} ({} bytes in {:.2}s)\n",
-                snapshot.source_vm(),
-                path.display(),
-                snapshot.size(),
-                snapshot.took().as_secs_f64()
-            ));
-            Ok(snapshot)
-        },
-    );
+        )?;
+        let snapshot = vm.snapshot(path).map_err(|e| e.to_string())?;
+        ctx.log(&format!(
+            "snapshot of VM {} written to {} ({} bytes in {:.2}s)\n",
+            snapshot.source_vm(),
+            path.display(),
+            snapshot.size(),
+            snapshot.took().as_secs_f64()
+        ));
+        Ok(snapshot)
+    });
     let mut tail = format!(
         "\nfixture {} in {:.3}s\n",
         if finished.result.is_ok() {
@@ -171,6 +192,12 @@ fn build(run: &Arc<RunContext>, name: &str, script: &Path, path: &Path) -> Build
     }
     let log = finished.close_log(tail, finished.result.is_err());
     let consoles = finished.consoles;
+    if let Err(stop) = cancel::checkpoint() {
+        return Err(FixtureError::Stopped {
+            name: name.to_string(),
+            reason: stop.to_string(),
+        });
+    }
     match finished.result {
         Ok(snapshot) => Ok(snapshot),
         Err(message) => Err(FixtureError::Failed {

@@ -11,8 +11,12 @@ use std::time::Instant;
 
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
+use super::file::stop_outcome;
+use super::options;
 use super::{clean_traceback, error_message, strip_location, FileContext};
-use crate::report::{Outcome, SubtestReport};
+use crate::cancel::{self, Stop};
+use crate::duration;
+use crate::report::{Event, Outcome, SubtestReport};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 /// Haystacks longer than this are shortened in `assert_contains` messages.
@@ -115,21 +119,22 @@ fn execute(lua: &Lua, cmd: Value) -> mlua::Result<MultiValue> {
             )))
         }
     };
-    let output = std::process::Command::new("/bin/sh")
+    let mut command = std::process::Command::new("/bin/sh");
+    command
         .arg("-c")
         .arg(std::ffi::OsStr::from_bytes(&cmd.as_bytes()))
-        .stdin(std::process::Stdio::null())
-        .output();
-    let output = match output {
-        Ok(output) => output,
-        Err(e) => {
-            return Ok(MultiValue::from_vec(vec![
-                Value::Nil,
-                Value::String(lua.create_string(format!("cannot run /bin/sh: {e}"))?),
-                Value::Integer(e.raw_os_error().unwrap_or(0).into()),
-            ]))
-        }
-    };
+        .stdin(std::process::Stdio::null());
+    let output =
+        match run_stoppable(command).map_err(|stop| mlua::Error::RuntimeError(stop.to_string()))? {
+            Ok(output) => output,
+            Err(e) => {
+                return Ok(MultiValue::from_vec(vec![
+                    Value::Nil,
+                    Value::String(lua.create_string(format!("cannot run /bin/sh: {e}"))?),
+                    Value::Integer(e.raw_os_error().unwrap_or(0).into()),
+                ]))
+            }
+        };
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     if !text.is_empty() {
@@ -152,6 +157,68 @@ fn execute(lua: &Lua, cmd: Value) -> mlua::Result<MultiValue> {
     ]))
 }
 
+/// Runs `command` to its end, with its output captured; in its own process group, so
+/// that when the file must stop (a timeout, an interrupt) the whole group is killed
+/// and the file raises instead of waiting.
+fn run_stoppable(
+    mut command: std::process::Command,
+) -> Result<std::io::Result<std::process::Output>, Stop> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let spawned = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => return Ok(Err(e)),
+    };
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    })
+    .collect();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        if let Err(stop) = cancel::checkpoint() {
+            // SAFETY: kill(2) on the process group this command leads.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
+            let _ = child.wait();
+            return Err(stop);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut outputs = readers.into_iter().map(|r| r.join().unwrap_or_default());
+    Ok(Ok(std::process::Output {
+        status,
+        stdout: outputs.next().unwrap_or_default(),
+        stderr: outputs.next().unwrap_or_default(),
+    }))
+}
+
 fn lua_tostring(tostring: &Function, value: Value) -> mlua::Result<String> {
     match value {
         Value::String(s) => Ok(s.to_string_lossy()),
@@ -159,6 +226,43 @@ fn lua_tostring(tostring: &Function, value: Value) -> mlua::Result<String> {
             .call::<mlua::String>(other)
             .map(|s| s.to_string_lossy()),
     }
+}
+
+/// `test(name, {timeout = D}, fn)`'s limit; the only option a sub-test takes.
+fn subtest_limit(opts: &Value) -> Result<Option<std::time::Duration>, String> {
+    let opts = options::read(opts, "opts", &["timeout"]).map_err(|e| e.to_string())?;
+    match options::get(&opts, "timeout").map_err(|e| e.to_string())? {
+        Value::Nil => Ok(None),
+        value => lua_duration(&value)
+            .map(|d| (!d.is_zero()).then_some(d))
+            .map_err(|e| format!("timeout: {e}")),
+    }
+}
+
+/// A duration given in Lua: seconds as a number, or a string with a unit (`"30s"`).
+pub fn lua_duration(value: &Value) -> Result<std::time::Duration, String> {
+    match value {
+        Value::Integer(n) => duration::from_seconds(*n as f64).map_err(|e| e.to_string()),
+        Value::Number(n) => duration::from_seconds(*n).map_err(|e| e.to_string()),
+        Value::String(s) => duration::parse(&s.to_string_lossy()).map_err(|e| e.to_string()),
+        other => Err(format!(
+            "must be seconds or a duration string (\"30s\"), not {}",
+            super::vm_args::shown(other)
+        )),
+    }
+}
+
+/// Installs `provium.timeout(D)`: the file's own time limit, from its start (0: none).
+pub fn install_provium(lua: &Lua, provium: &Table) -> mlua::Result<()> {
+    let timeout = lua.create_function(|lua, limit: Value| {
+        let limit = lua_duration(&limit)
+            .map_err(|e| mlua::Error::RuntimeError(format!("provium.timeout: {e}")))?;
+        FileContext::of(lua)?
+            .cancel()
+            .set_file_limit((!limit.is_zero()).then_some(limit));
+        Ok(())
+    })?;
+    provium.set("timeout", super::plain_errors(lua, timeout)?)
 }
 
 fn optional_reason(lua: &Lua, value: Value) -> mlua::Result<Option<String>> {
@@ -183,7 +287,7 @@ fn register_test_hooks(lua: &Lua, hooks: &Table, state: &Rc<RefCell<State>>) -> 
     let st = state.clone();
     hooks.set(
         "begin_test",
-        lua.create_function(move |_, (name, body): (Value, Value)| {
+        lua.create_function(move |lua, (name, opts, body): (Value, Value, Value)| {
             let mut state = st.borrow_mut();
             let name = match name {
                 Value::String(s) => s.to_string_lossy(),
@@ -201,10 +305,17 @@ fn register_test_hooks(lua: &Lua, hooks: &Table, state: &Rc<RefCell<State>>) -> 
                     body.type_name()
                 )));
             }
+            let limit = match subtest_limit(&opts) {
+                Ok(limit) => limit,
+                Err(problem) => return Ok(Some(format!("test(\"{name}\", opts, fn): {problem}"))),
+            };
             if let Some((outer, _)) = &state.current {
                 return Ok(Some(format!(
                     "test(\"{name}\") inside test(\"{outer}\"): sub-tests cannot be nested"
                 )));
+            }
+            if let Ok(ctx) = FileContext::of(lua) {
+                ctx.cancel().enter_subtest(&name, limit);
             }
             state.current = Some((name, Instant::now()));
             state.subtest_todo = None;
@@ -223,14 +334,29 @@ fn register_test_hooks(lua: &Lua, hooks: &Table, state: &Rc<RefCell<State>>) -> 
                 };
                 let duration = started.elapsed();
                 let stopping_file = state.exit_code.is_some();
+                let ctx = FileContext::of(lua).ok();
+                let stopped = ctx.as_ref().and_then(|ctx| ctx.cancel().leave_subtest());
                 let (outcome, message, detail) = if let Some(reason) = state.subtest_todo.take() {
                     (Outcome::Todo { reason }, None, None)
                 } else if ok || stopping_file {
                     (Outcome::Passed, None, None)
+                } else if let Some(stop) = stopped {
+                    // Whatever the interrupted body raised, the point is that it ran
+                    // out of time (or the run was interrupted).
+                    let message = match &stop {
+                        Stop::FileTimeout { limit, .. } => format!(
+                            "timed out after {} (the file's limit)",
+                            duration::show(*limit)
+                        ),
+                        other => other.to_string(),
+                    };
+                    let detail = (message.clone(), None);
+                    (stop_outcome(&stop), Some(message), Some(detail))
                 } else {
                     let full = error_message(&raised);
                     let message = strip_location(&full).to_string();
-                    let outcome = FileContext::of(lua)
+                    let outcome = ctx
+                        .as_ref()
                         .map(|ctx| ctx.classify(&full))
                         .unwrap_or(Outcome::Failed);
                     (outcome, Some(message), Some((full, trace)))
@@ -255,12 +381,19 @@ fn register_test_hooks(lua: &Lua, hooks: &Table, state: &Rc<RefCell<State>>) -> 
                     }
                 }
                 log(lua, &entry);
-                state.subtests.push(SubtestReport {
+                let report = SubtestReport {
                     name,
                     outcome,
                     message,
                     duration,
-                });
+                };
+                if let Some(ctx) = &ctx {
+                    ctx.run().events.send(Event::TestFinished {
+                        file: ctx.name().to_string(),
+                        test: report.clone(),
+                    });
+                }
+                state.subtests.push(report);
                 Ok(stopping_file)
             },
         )?,

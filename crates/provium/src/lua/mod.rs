@@ -28,6 +28,7 @@ use std::sync::{Arc, LazyLock};
 use mlua::{Function, Lua, Table, Value};
 use regex::Regex;
 
+use crate::cancel::Cancel;
 use crate::discover::TestFile;
 use crate::pool::FileSlot;
 use crate::report::Outcome;
@@ -39,7 +40,12 @@ pub use file::run_file;
 /// Installers of the `provium` table, run in order for every file. VM bindings add
 /// their installer here (`provium.create`, `provium.fixture`, ...).
 pub type ModuleInstaller = fn(&Lua, &Table) -> mlua::Result<()>;
-pub const PROVIUM_MODULES: &[ModuleInstaller] = &[pack::install, vm_api::install, fixture::install];
+pub const PROVIUM_MODULES: &[ModuleInstaller] = &[
+    framework::install_provium,
+    pack::install,
+    vm_api::install,
+    fixture::install,
+];
 
 /// Lines of the last console shown under a failing file.
 pub const CONSOLE_TAIL_LINES: usize = crate::vm::CONSOLE_TAIL_LINES;
@@ -54,9 +60,10 @@ type CleanupHook = Box<dyn FnOnce()>;
 /// app data for the duration of the file.
 pub struct FileContext {
     run: Arc<RunContext>,
-    name: String,
-    path: PathBuf,
+    file: TestFile,
     index: usize,
+    /// When the file must stop (its limits, the run's interrupt).
+    cancel: Cancel,
     log: RefCell<Option<FileLog>>,
     consoles: RefCell<Vec<PathBuf>>,
     cleanup: RefCell<Vec<CleanupHook>>,
@@ -71,12 +78,18 @@ pub struct FileContext {
 }
 
 impl FileContext {
-    fn new(run: Arc<RunContext>, file: &TestFile, index: usize, log: Option<FileLog>) -> Self {
+    fn new(
+        run: Arc<RunContext>,
+        file: &TestFile,
+        index: usize,
+        cancel: Cancel,
+        log: Option<FileLog>,
+    ) -> Self {
         FileContext {
             run: Arc::clone(&run),
-            name: file.name.clone(),
-            path: file.path.clone(),
+            file: file.clone(),
             index,
+            cancel,
             log: RefCell::new(log),
             consoles: RefCell::new(Vec::new()),
             cleanup: RefCell::new(Vec::new()),
@@ -111,11 +124,22 @@ impl FileContext {
 
     /// Path relative to the test root, as reported.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.file.name
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
+    }
+
+    /// The directory of the `<path>` argument the file came from (`require` and the
+    /// fixture search stop there).
+    pub fn root_dir(&self) -> &Path {
+        &self.file.root.dir
+    }
+
+    /// When this file must stop.
+    pub fn cancel(&self) -> &Cancel {
+        &self.cancel
     }
 
     /// A number unique to this file within the run (its dispatch position), for short

@@ -21,8 +21,11 @@ local function protected(fn)
   return ok, err, trace
 end
 
-function test(name, fn)
-  local problem = hooks.begin_test(name, fn)
+function test(name, opts, fn)
+  if fn == nil then
+    fn, opts = opts, nil
+  end
+  local problem = hooks.begin_test(name, opts, fn)
   if problem then
     error(problem, 2)
   end

@@ -16,12 +16,14 @@ use mlua::{
 };
 
 use super::boot_options::boot_options;
+use super::framework::lua_duration;
 use super::options::{self};
 use super::vm_args::{self as args};
 use super::vm_handle::{arg, fail, lua_bytes, returns, LuaVm, Method, VmApiError};
 use super::vm_kernel;
 use super::vm_values::{self, json_to_lua, output_string};
-use super::{plain_errors, FileContext};
+use super::{plain_errors, raise, FileContext};
+use crate::report::{Event, VmBooted};
 use crate::vm::accel::Accel;
 use crate::vm::client::{AgentClient, ExecOutput};
 use crate::vm::fleet::Stop;
@@ -30,6 +32,7 @@ use crate::vm::{StartError, StartFrom, Vm, VmConfig};
 
 const WAIT_UNTIL: &str = include_str!("wait_until.lua");
 const WAIT_UNTIL_OPTIONS: &[&str] = &["timeout", "interval", "desc"];
+const EXEC_OPTIONS: &[&str] = &["timeout"];
 
 /// Installs `provium.create`, `provium.shutdown_all` and the VM handle type.
 pub fn install(lua: &Lua, provium: &Table) -> mlua::Result<()> {
@@ -175,6 +178,16 @@ fn boot(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
     let started = Instant::now();
     match Vm::start(ctx.pool_slot(), StartFrom::Boot(Box::new(config))) {
         Ok(vm) => {
+            run.events.send(Event::VmBooted(VmBooted {
+                file: ctx.name().to_string(),
+                vm: handle.name().to_string(),
+                profile: handle.profile().to_string(),
+                memory_mib: options.memory_mib,
+                cpus: options.cpus,
+                boot: started.elapsed(),
+                accel: setup.accel.name().to_string(),
+                fixture: None,
+            }));
             let console = ctx.register_console(vm.console_log().to_path_buf());
             ctx.log(&format!(
                 "VM {} booted (profile {}, {} MiB, {} CPU, {:?} channel) in {:.1}s; its console is console {console}\n",
@@ -211,9 +224,28 @@ fn exec_table(lua: &Lua, output: ExecOutput) -> mlua::Result<Table> {
 }
 
 fn exec(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
-    let cmd = args::text("exec", arg(a, 0), "argument 1 (command)").map_err(|e| fail(lua, e))?;
+    const OP: &str = "exec";
+    let cmd = args::text(OP, arg(a, 0), "argument 1 (command)").map_err(|e| fail(lua, e))?;
+    let option_error = |source| VmApiError::Options {
+        subject: this.to_string(),
+        op: OP,
+        source,
+    };
+    let opts = options::read(arg(a, 1), "argument 2 (options)", EXEC_OPTIONS)
+        .map_err(|e| fail(lua, option_error(e)))?;
+    let limit = match options::get(&opts, "timeout").map_err(|e| fail(lua, option_error(e)))? {
+        Value::Nil => None,
+        value => {
+            let limit = lua_duration(&value)
+                .map_err(|reason| raise(lua, format!("{this}: exec: timeout: {reason}"), false))?;
+            (!limit.is_zero()).then_some(limit)
+        }
+    };
     let output = this
-        .with_client("exec", |c| c.exec(&cmd))
+        .with_client(OP, |c| match limit {
+            Some(limit) => c.exec_within(&cmd, limit),
+            None => c.exec(&cmd),
+        })
         .map_err(|e| fail(lua, e))?;
     Ok(returns([Value::Table(exec_table(lua, output)?)]))
 }
@@ -323,8 +355,8 @@ fn wait_until(lua: &Lua) -> mlua::Result<Function> {
     let origin = Instant::now();
     let now = lua.create_function(move |_, ()| Ok(origin.elapsed().as_secs_f64()))?;
     let sleep = lua.create_function(|_, seconds: f64| {
-        std::thread::sleep(Duration::from_secs_f64(seconds.clamp(0.0, 3600.0)));
-        Ok(())
+        crate::cancel::sleep(Duration::from_secs_f64(seconds.clamp(0.0, 3600.0)))
+            .map_err(|stop| mlua::Error::RuntimeError(stop.to_string()))
     })?;
     let check = lua.create_function(|_, opts: Value| wait_options(&opts))?;
     lua.load(WAIT_UNTIL)
@@ -406,16 +438,19 @@ mod tests {
         std::fs::write(&path, script).unwrap();
         let run = Arc::new(RunContext::new(
             RunDir::create(&dir.path().join("runs")).unwrap(),
-            dir.path().to_path_buf(),
             crate::config::Config::empty(dir.path()),
             Pool::new(PoolMode::Auto),
             Default::default(),
+            Default::default(),
         ));
-        let file = TestFile {
-            name: "vm.lua".into(),
-            path: PathBuf::from(&path),
+        let file = TestFile::new("vm.lua", PathBuf::from(&path), dir.path());
+        let spec = super::super::file::LuaFile {
+            file: &file,
+            index: 0,
+            attempt: 1,
+            cancel: crate::cancel::Cancel::for_file(None),
         };
-        super::super::file::run_file_with(run, &file, 0, &[super::super::pack::install, install])
+        super::super::file::run_file_with(run, spec, &[super::super::pack::install, install])
     }
 
     #[test]

@@ -8,14 +8,24 @@ use std::time::Duration;
 
 use crate::pool::PoolMode;
 
-/// One thing that happened during a run, in the order the reporter must render it.
+/// One thing that happened during a run, in the order the reporters see it.
 #[derive(Debug, Clone)]
 pub enum Event {
     /// Before any file starts.
-    RunStarted { total_files: usize, pool: PoolMode },
-    /// A file was handed to a worker thread.
-    FileStarted { name: String },
-    /// A file ended (however it ended); rendered as one whole block.
+    RunStarted {
+        total_files: usize,
+        pool: PoolMode,
+        /// `--partition`: which shard this run is, when it is one.
+        partition: Option<PartitionInfo>,
+    },
+    /// A file (or another attempt at it, with `--retries`) was handed to a thread.
+    FileStarted { name: String, attempt: u32 },
+    /// A VM finished booting (or resuming from a fixture) for a file.
+    VmBooted(VmBooted),
+    /// A sub-test of a running file ended.
+    TestFinished { file: String, test: SubtestReport },
+    /// An attempt at a file ended (however it ended). The terminal renders the last
+    /// attempt as one whole block; machine reports record every attempt.
     FileFinished(FileReport),
     /// Something the user should know that is not a test result (the KVM fallback,
     /// why a run stopped); shown on stderr, never glued to the live status line.
@@ -42,6 +52,8 @@ pub enum Outcome {
     Error,
     /// The file or sub-test ran out of its time.
     TimedOut,
+    /// The run was interrupted (SIGINT, SIGTERM) while the file ran.
+    Interrupted,
     /// `todo()` was called: never a failure, counted with the passed files.
     Todo {
         reason: Option<String>,
@@ -50,7 +62,10 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn is_failure(&self) -> bool {
-        matches!(self, Outcome::Failed | Outcome::Error | Outcome::TimedOut)
+        matches!(
+            self,
+            Outcome::Failed | Outcome::Error | Outcome::TimedOut | Outcome::Interrupted
+        )
     }
 
     /// The outcome's name in machine-readable reports and logs.
@@ -60,9 +75,48 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Error => "error",
             Outcome::TimedOut => "timed-out",
+            Outcome::Interrupted => "interrupted",
             Outcome::Todo { .. } => "todo",
         }
     }
+
+    /// Every outcome name, in the order counts are reported.
+    pub const NAMES: [&'static str; 6] = [
+        "passed",
+        "failed",
+        "error",
+        "timed-out",
+        "interrupted",
+        "todo",
+    ];
+}
+
+/// `--partition`: the shard a run is, and how many of the selected files it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// As given: `count:2/4` or `hash:1/3`.
+    pub spec: String,
+    /// Files in this shard.
+    pub selected: usize,
+    /// Files before partitioning (after `-f`).
+    pub total: usize,
+}
+
+/// A VM that booted or resumed for a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmBooted {
+    pub file: String,
+    /// The VM's name (`a.lua#1`, or `a.lua@fixture#3` when resumed).
+    pub vm: String,
+    pub profile: String,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    /// From the request to a ready agent (resumes included).
+    pub boot: Duration,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// The fixture it was resumed from, if it was.
+    pub fixture: Option<String>,
 }
 
 /// The outcome of one test file.
@@ -80,6 +134,17 @@ pub struct FileReport {
     pub console_tail: Option<Vec<String>>,
     /// Where the file's log is kept; `None` for passing files (their logs are deleted).
     pub log_path: Option<PathBuf>,
+    /// 1 for the first run of the file; more with `--retries`.
+    pub attempt: u32,
+    /// Another attempt follows this one (it failed and retries remain).
+    pub retrying: bool,
+}
+
+impl FileReport {
+    /// Passed, but only after failed attempts.
+    pub fn is_flaky(&self) -> bool {
+        self.attempt > 1 && !self.outcome.is_failure()
+    }
 }
 
 /// One `test(name, fn)` block.
@@ -95,9 +160,14 @@ pub struct SubtestReport {
 /// What the summary line and the `Failed test logs:` section show.
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
-    /// Passed and todo files.
+    /// Passed and todo files (flaky ones included).
     pub passed: usize,
     pub failed: usize,
+    /// Files that passed only on a later attempt (`--retries`).
+    pub flaky: usize,
+    /// Final outcomes by name (`passed`, `failed`, `error`, …), for machine reports.
+    pub outcomes: std::collections::BTreeMap<&'static str, usize>,
+    pub duration: Duration,
     /// Files never started (`--fail-fast`) or stopped by an interrupt.
     pub not_run: usize,
     /// Failed files and their logs, sorted by name.

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use super::event::{Event, FileReport, Outcome, RunSummary};
+use super::event::{Event, FileReport, Outcome, PartitionInfo, RunSummary};
 use crate::pool::PoolMode;
 
 /// How decorated the output is.
@@ -85,12 +85,20 @@ impl<W: Write> Reporter<W> {
 
     pub fn handle(&mut self, event: &Event) -> io::Result<()> {
         match event {
-            Event::RunStarted { total_files, pool } => {
+            Event::RunStarted {
+                total_files,
+                pool,
+                partition,
+            } => {
                 self.total_files = *total_files;
                 self.started = Instant::now();
                 let mut text = String::from("provium test\n\n");
                 if let Some(line) = pool_line(pool) {
                     text.push_str(&line);
+                    text.push_str("\n\n");
+                }
+                if let Some(partition) = partition {
+                    text.push_str(&partition_line(partition));
                     text.push_str("\n\n");
                 }
                 self.write_block(&text)?;
@@ -101,11 +109,15 @@ impl<W: Write> Reporter<W> {
             }
             Event::FileFinished(report) => {
                 self.running = self.running.saturating_sub(1);
-                self.done += 1;
-                let block = render_file(report, self.style.color);
-                self.write_block(&block)?;
+                if !report.retrying {
+                    self.done += 1;
+                    let block = render_file(report, self.style.color);
+                    self.write_block(&block)?;
+                }
                 self.draw_status(true)?;
             }
+            // Sub-tests print with their file's block; boots are for machine reports.
+            Event::TestFinished { .. } | Event::VmBooted(_) => {}
             Event::Notice(text) => {
                 // Both streams usually reach one terminal: the status line goes first.
                 if self.status_drawn_at.take().is_some() {
@@ -160,6 +172,14 @@ impl<W: Write> Reporter<W> {
     }
 }
 
+/// `partition count:2/4: 13 of 50 files`.
+pub fn partition_line(partition: &PartitionInfo) -> String {
+    format!(
+        "partition {}: {} of {} files",
+        partition.spec, partition.selected, partition.total
+    )
+}
+
 /// `resource pool: 4096M memory, 8 CPUs`; a dimension not given is `unlimited`.
 pub fn pool_line(pool: &PoolMode) -> Option<String> {
     match pool {
@@ -206,19 +226,24 @@ pub fn render_file(report: &FileReport, color: bool) -> String {
         1 => "1 test, ".to_string(),
         n => format!("{n} tests, "),
     };
+    let flaky = if report.is_flaky() {
+        format!(", flaky: passed on attempt {}", report.attempt)
+    } else {
+        String::new()
+    };
     let head = match &report.outcome {
-        Outcome::Passed => format!("{} ({count}{time})", paint("ok", GREEN, color)),
-        Outcome::Failed | Outcome::Error | Outcome::TimedOut => {
+        Outcome::Passed => format!("{} ({count}{time}{flaky})", paint("ok", GREEN, color)),
+        Outcome::Failed | Outcome::Error | Outcome::TimedOut | Outcome::Interrupted => {
             format!("{} ({time})", paint("FAIL", RED, color))
         }
-        Outcome::Todo { reason } => format!("{} ({time})", todo_word(reason, color)),
+        Outcome::Todo { reason } => format!("{} ({time}{flaky})", todo_word(reason, color)),
     };
     let mut out = format!("  {} ... {head}\n", report.name);
     for subtest in &report.subtests {
         let status = match &subtest.outcome {
             Outcome::Passed => paint("ok", GREEN, color),
             Outcome::Todo { reason } => todo_word(reason, color),
-            Outcome::Failed | Outcome::Error | Outcome::TimedOut => {
+            Outcome::Failed | Outcome::Error | Outcome::TimedOut | Outcome::Interrupted => {
                 // Continuation lines of a multi-line message sit under the bullet.
                 let message = subtest.message.as_deref().unwrap_or_default();
                 let message = message.trim_end().replace('\n', "\n      ");
@@ -255,8 +280,17 @@ pub fn render_summary(summary: &RunSummary, color: bool) -> String {
         }
         out.push('\n');
     }
+    let flaky = if summary.flaky > 0 {
+        format!(", {} flaky", summary.flaky)
+    } else {
+        String::new()
+    };
     let line = if summary.succeeded() {
-        format!("{}: {} passed", paint("ok", GREEN, color), summary.passed)
+        format!(
+            "{}: {} passed{flaky}",
+            paint("ok", GREEN, color),
+            summary.passed
+        )
     } else {
         let mut line = format!(
             "{}: {} passed, {} failed",
@@ -264,6 +298,7 @@ pub fn render_summary(summary: &RunSummary, color: bool) -> String {
             summary.passed,
             summary.failed
         );
+        line.push_str(&flaky);
         if summary.not_run > 0 {
             line.push_str(&format!(", {} not run", summary.not_run));
         }
@@ -289,6 +324,8 @@ mod tests {
             file_error: None,
             console_tail: None,
             log_path: None,
+            attempt: 1,
+            retrying: false,
         }
     }
 
@@ -373,6 +410,7 @@ mod tests {
                 log_path: Some(PathBuf::from("/r/x.lua.log")),
             }],
             interrupted_by: None,
+            ..RunSummary::default()
         };
         assert_eq!(
             render_summary(&failed, false),
@@ -411,11 +449,13 @@ mod tests {
             .handle(&Event::RunStarted {
                 total_files: 1,
                 pool: PoolMode::Auto,
+                partition: None,
             })
             .unwrap();
         reporter
             .handle(&Event::FileStarted {
                 name: "a.lua".into(),
+                attempt: 1,
             })
             .unwrap();
         reporter.handle(&Event::Tick).unwrap();
@@ -450,11 +490,13 @@ mod tests {
             .handle(&Event::RunStarted {
                 total_files: 2,
                 pool: PoolMode::Auto,
+                partition: None,
             })
             .unwrap();
         reporter
             .handle(&Event::FileStarted {
                 name: "a.lua".into(),
+                attempt: 1,
             })
             .unwrap();
         reporter
@@ -474,7 +516,7 @@ mod tests {
     }
     #[test]
     fn errors_and_timeouts_print_as_fail_in_the_seed_format() {
-        for outcome in [Outcome::Error, Outcome::TimedOut] {
+        for outcome in [Outcome::Error, Outcome::TimedOut, Outcome::Interrupted] {
             let r = report("v.lua", outcome.clone(), vec![sub("s", outcome.clone())]);
             assert_eq!(
                 render_file(&r, false),
@@ -507,11 +549,13 @@ mod tests {
             .handle(&Event::RunStarted {
                 total_files: 1,
                 pool: PoolMode::Auto,
+                partition: None,
             })
             .unwrap();
         reporter
             .handle(&Event::FileStarted {
                 name: "a.lua".into(),
+                attempt: 1,
             })
             .unwrap();
         reporter
@@ -526,6 +570,43 @@ mod tests {
                 "0.0s{ERASE_LINE}{ERASE_LINE}  0/1 done, 1 running, 0.0s"
             )),
             "{out:?}"
+        );
+    }
+
+    #[test]
+    fn flaky_files_and_partitions() {
+        let mut r = report("f.lua", Outcome::Passed, vec![]);
+        r.attempt = 2;
+        assert_eq!(
+            render_file(&r, false),
+            "  f.lua ... ok (2.1s, flaky: passed on attempt 2)\n"
+        );
+        let summary = RunSummary {
+            passed: 10,
+            flaky: 1,
+            ..RunSummary::default()
+        };
+        assert_eq!(
+            render_summary(&summary, false),
+            "\nok: 10 passed, 1 flaky\n"
+        );
+        let mut retried = report("f.lua", Outcome::Failed, vec![]);
+        retried.retrying = true;
+        let mut reporter = Reporter::new(Vec::new(), Style::PLAIN);
+        reporter.handle(&Event::FileFinished(retried)).unwrap();
+        assert_eq!(
+            reporter.into_inner(),
+            b"",
+            "a retried attempt prints nothing"
+        );
+        let partition = PartitionInfo {
+            spec: "count:2/4".into(),
+            selected: 13,
+            total: 50,
+        };
+        assert_eq!(
+            partition_line(&partition),
+            "partition count:2/4: 13 of 50 files"
         );
     }
 }

@@ -18,6 +18,7 @@ use super::link::{Link, LinkError, Liveness};
 use super::qemu::{stderr_suffix, ConnectError, LaunchSpec, Qemu, QemuError};
 use super::snapshot::{self, ResumeError};
 use super::{AgentChannel, CONSOLE_TAIL_LINES};
+use crate::cancel;
 use crate::vm::client::EXIT_EVIDENCE_WAIT;
 
 /// Numbers the VMs' directories (`vm<N>/`) within the process.
@@ -80,6 +81,9 @@ pub enum BootError {
         console_log: PathBuf,
         console_tail: String,
     },
+    /// The file had to stop (its time ran out, the run was interrupted) during the boot.
+    #[error("VM {vm}: boot stopped: {reason}")]
+    Stopped { vm: String, reason: String },
     #[error("VM {vm}: {source}")]
     Resume {
         vm: String,
@@ -171,7 +175,13 @@ pub(super) fn start(
             link,
             channel,
         }),
-        Err(failure) => Err(classify(&spec.vm, &mut qemu, failure, timeout)),
+        Err(failure) => Err(match cancel::checkpoint() {
+            Err(stop) => BootError::Stopped {
+                vm: spec.vm.clone(),
+                reason: stop.to_string(),
+            },
+            Ok(()) => classify(&spec.vm, &mut qemu, failure, timeout),
+        }),
     }
 }
 
@@ -201,12 +211,18 @@ fn handshake(
         .collect();
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
+    // The attempts run on their own threads: they check the booting file's token.
+    let file = cancel::current();
     for (index, (channel, stream)) in attempts.into_iter().enumerate() {
         let vm_liveness = qemu.liveness();
         let cancel = Arc::clone(&cancels[index]);
+        let file = file.clone();
         let liveness: Liveness = Arc::new(move || {
             if cancel.load(Ordering::Acquire) {
                 return Some("the agent answered on the other channel".to_string());
+            }
+            if let Some(Err(stop)) = file.as_ref().map(|f| f.check()) {
+                return Some(stop.to_string());
             }
             vm_liveness()
         });

@@ -18,12 +18,15 @@ use provium_proto::{
 use thiserror::Error;
 
 use super::link::{Link, LinkError, Liveness};
+use crate::cancel::Stop;
 
 /// How long a lost connection waits for QEMU's own account of why (its exit or a
 /// panic line arrive a moment after the socket closes).
 pub const EXIT_EVIDENCE_WAIT: Duration = Duration::from_secs(2);
 
-/// Extra time a `job_wait` call gets beyond the wait it asks the agent for.
+/// Extra time a `job_wait` call gets beyond the wait it asks the agent for; and an
+/// `exec` with a limit beyond its limit (the agent kills the command at the limit and
+/// answers at once).
 const JOB_WAIT_SLACK: Duration = Duration::from_secs(30);
 
 /// A failed agent operation; every variant names its subject (`VM a.lua#1`, or
@@ -43,6 +46,17 @@ pub enum ClientError {
         subject: String,
         op: &'static str,
         waited: Duration,
+    },
+    /// `exec(cmd, {timeout = ...})` ran past its limit; the guest killed the command.
+    #[error("exec timed out after {}: {cmd}", crate::duration::show(*.limit))]
+    ExecTimedOut { cmd: String, limit: Duration },
+    /// The file waiting for the answer had to stop (its time ran out, the run was
+    /// interrupted); a command the agent ran for it was killed.
+    #[error("{subject}: {op}: {stop}")]
+    Stopped {
+        subject: String,
+        op: &'static str,
+        stop: Stop,
     },
     /// The agent performed the request and it failed (a missing path, an errno).
     #[error("{subject}: {op}: {source}")]
@@ -287,6 +301,7 @@ impl AgentClient {
                 waited,
             },
             LinkError::VmDead { reason, .. } => broke(reason),
+            LinkError::Cancelled { stop, .. } => ClientError::Stopped { subject, op, stop },
             LinkError::Disconnected { reason, .. } => {
                 // A lost connection usually means QEMU is exiting, and its stdout
                 // (which carries the reason, e.g. a panic) closes a moment after the
@@ -343,12 +358,40 @@ impl AgentClient {
         })
     }
 
-    /// Runs `cmd` with `/bin/sh -c`; a non-zero exit is a result, not an error.
+    /// Runs `cmd` with `/bin/sh -c`; a non-zero exit is a result, not an error. The
+    /// agent kills the command when the operation deadline passes, as the host gives
+    /// up then.
     pub fn exec(&self, cmd: &str) -> Result<ExecOutput, ClientError> {
+        self.exec_for(cmd, self.op_timeout, self.op_timeout)
+    }
+
+    /// Runs `cmd`, killed in the guest (its whole process group) after `limit`; the
+    /// call then fails with [`ClientError::ExecTimedOut`] and the VM stays usable.
+    pub fn exec_within(&self, cmd: &str, limit: Duration) -> Result<ExecOutput, ClientError> {
+        let waited = limit + JOB_WAIT_SLACK;
+        match self.exec_for(cmd, limit, waited) {
+            Err(ClientError::Agent {
+                source: AgentError::CommandTimedOut { .. },
+                ..
+            }) => Err(ClientError::ExecTimedOut {
+                cmd: cmd.to_string(),
+                limit,
+            }),
+            other => other,
+        }
+    }
+
+    fn exec_for(
+        &self,
+        cmd: &str,
+        limit: Duration,
+        waited: Duration,
+    ) -> Result<ExecOutput, ClientError> {
         let request = Request::Exec {
             cmd: cmd.to_string(),
+            timeout_ms: limit.as_millis().try_into().unwrap_or(u64::MAX).max(1),
         };
-        match self.call(&request)? {
+        match self.call_within(&request, waited)? {
             Response::Exec {
                 exit_code,
                 stdout,

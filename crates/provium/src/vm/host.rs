@@ -148,6 +148,7 @@ mod tests {
             path: Some(PathBuf::from("/p/provium.toml")),
             root: PathBuf::from("/p"),
             profiles: BTreeMap::from([(profile.name.clone(), profile)]),
+            run: Default::default(),
         }
     }
 

@@ -20,6 +20,8 @@ use provium_proto::{
     PROTOCOL_VERSION,
 };
 
+use crate::cancel::{self, Stop};
+
 /// Answers `Some(reason)` once the VM can no longer answer (QEMU exited, the console
 /// shows a kernel panic); called often, so it must be cheap.
 pub type Liveness = Arc<dyn Fn() -> Option<String> + Send + Sync>;
@@ -28,6 +30,8 @@ pub type Liveness = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 const LIVENESS_POLL: Duration = Duration::from_millis(50);
 /// How often the handshake repeats `Hello` while the guest is not yet listening.
 const HELLO_INTERVAL: Duration = Duration::from_millis(250);
+/// How long telling the agent about an abandoned request may take.
+const CANCEL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// On the ttyS1 fallback, how many bytes the host may have sent that the agent has
 /// not yet credited back. QEMU's 8250 has no flow control on a socket chardev and
@@ -86,6 +90,14 @@ pub enum LinkError {
         channel: u32,
         got: String,
     },
+    /// The file waiting for the answer had to stop (a timeout, an interrupt).
+    #[error("VM {vm}: {op} on channel {channel}: {stop}")]
+    Cancelled {
+        vm: String,
+        op: &'static str,
+        channel: u32,
+        stop: Stop,
+    },
     #[error("VM {vm}: {op}: agent socket: {source}")]
     Io {
         vm: String,
@@ -108,7 +120,10 @@ impl LinkError {
     pub fn is_vm_failure(&self) -> bool {
         !matches!(
             self,
-            LinkError::Agent { .. } | LinkError::Unexpected { .. } | LinkError::Protocol { .. }
+            LinkError::Agent { .. }
+                | LinkError::Unexpected { .. }
+                | LinkError::Protocol { .. }
+                | LinkError::Cancelled { .. }
         )
     }
 }
@@ -159,6 +174,27 @@ pub struct Link {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One exchange on the link: what errors name (the operation, the channel) and how
+/// long it may take (its deadline, and the timeout it came from).
+#[derive(Debug, Clone, Copy)]
+struct Exchange {
+    op: &'static str,
+    channel: u32,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Exchange {
+    fn new(op: &'static str, channel: u32, timeout: Duration) -> Exchange {
+        Exchange {
+            op,
+            channel,
+            deadline: Instant::now() + timeout,
+            timeout,
+        }
+    }
 }
 
 impl Link {
@@ -241,30 +277,24 @@ impl Link {
         req: &Request,
         timeout: Duration,
     ) -> Result<Response, LinkError> {
-        let op = req.op_name();
-        let deadline = Instant::now() + timeout;
+        let x = Exchange::new(req.op_name(), channel, timeout);
         let channel_lock = {
             let mut locks = lock(&self.inner.channel_locks);
             Arc::clone(locks.entry(channel).or_default())
         };
         let _serialised = lock(&channel_lock);
+        // A file that must stop sends nothing more.
+        self.check_alive(&x)?;
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        let frame =
-            encode_message(channel, seq, &Message::Request(req.clone())).map_err(|source| {
-                LinkError::Protocol {
-                    vm: self.inner.vm.clone(),
-                    op,
-                    channel,
-                    source,
-                }
-            })?;
+        let frame = encode_message(channel, seq, &Message::Request(req.clone()))
+            .map_err(|source| self.protocol(&x, source))?;
         let (tx, rx) = mpsc::channel();
         {
             let mut state = lock(&self.inner.state);
             if let Some(reason) = &state.lost {
                 return Err(LinkError::Disconnected {
                     vm: self.inner.vm.clone(),
-                    op,
+                    op: x.op,
                     channel,
                     reason: reason.clone(),
                 });
@@ -272,24 +302,44 @@ impl Link {
             state.pending.insert(channel, Pending { seq, tx });
         }
         let result = self
-            .write_frame(&frame, deadline, timeout, op, channel, true)
-            .and_then(|()| self.wait(&rx, deadline, timeout, op, channel));
+            .write_frame(&frame, &x, true)
+            .and_then(|()| self.wait(&rx, &x));
         {
             let mut state = lock(&self.inner.state);
             if state.pending.get(&channel).is_some_and(|p| p.seq == seq) {
                 state.pending.remove(&channel);
             }
         }
+        if matches!(
+            result,
+            Err(LinkError::Timeout { .. } | LinkError::Cancelled { .. })
+        ) {
+            self.cancel_in_guest(channel, seq);
+        }
         match result? {
             Message::Response(Response::Error(source)) => Err(LinkError::Agent {
                 vm: self.inner.vm.clone(),
-                op,
+                op: x.op,
                 channel,
                 source,
             }),
             Message::Response(resp) => Ok(resp),
-            other => Err(self.unexpected(op, channel, &other)),
+            other => Err(self.unexpected(x.op, channel, &other)),
         }
+    }
+
+    /// Tells the agent the host gave up on request `seq`, so a command it runs is
+    /// killed and the channel is free for the next call. Best effort, briefly: the
+    /// caller is already on its way out.
+    fn cancel_in_guest(&self, channel: u32, seq: u32) {
+        let Ok(frame) = encode_message(channel, 0, &Message::Request(Request::Cancel { seq }))
+        else {
+            return;
+        };
+        let x = Exchange::new("cancel", channel, CANCEL_WRITE_TIMEOUT);
+        // Not through `check_alive`'s stop check: the cancel must go out even though
+        // this thread's file is stopping.
+        let _ = self.write_frame_unchecked(&frame, &x, true);
     }
 
     /// Asks the agent to stop reading until the next `Hello` (before a snapshot).
@@ -329,7 +379,8 @@ impl Link {
 
     fn hello(&self, handshake_timeout: Duration) -> Result<(), LinkError> {
         let start = Instant::now();
-        let deadline = start + handshake_timeout;
+        let handshake = Exchange::new("handshake", 0, handshake_timeout);
+        let deadline = handshake.deadline;
         let (tx, rx) = mpsc::channel();
         lock(&self.inner.state).hello = Some(tx);
         let result = loop {
@@ -341,21 +392,17 @@ impl Link {
                     version: PROTOCOL_VERSION,
                 },
             )
-            .map_err(|source| LinkError::Protocol {
-                vm: self.inner.vm.clone(),
-                op: "handshake",
-                channel: 0,
-                source,
-            })?;
+            .map_err(|source| self.protocol(&handshake, source))?;
             // Unpaced: Hellos sent before the agent opened the tty are never credited,
             // and the window restarts when the answer arrives.
-            if let Err(e) =
-                self.write_frame(&frame, deadline, handshake_timeout, "handshake", 0, false)
-            {
+            if let Err(e) = self.write_frame(&frame, &handshake, false) {
                 break Err(e);
             }
-            let resend_at = (Instant::now() + HELLO_INTERVAL).min(deadline);
-            match self.wait(&rx, resend_at, handshake_timeout, "handshake", 0) {
+            let resend = Exchange {
+                deadline: (Instant::now() + HELLO_INTERVAL).min(deadline),
+                ..handshake
+            };
+            match self.wait(&rx, &resend) {
                 Ok(agent) if agent == PROTOCOL_VERSION => break Ok(()),
                 Ok(agent) => {
                     break Err(LinkError::VersionMismatch {
@@ -378,45 +425,32 @@ impl Link {
         result
     }
 
-    /// Waits for one delivery on `rx` until `deadline`, checking liveness meanwhile.
-    fn wait<T>(
-        &self,
-        rx: &Receiver<T>,
-        deadline: Instant,
-        timeout: Duration,
-        op: &'static str,
-        channel: u32,
-    ) -> Result<T::Value, LinkError>
+    /// Waits for one delivery on `rx` until the exchange's deadline, checking liveness
+    /// (and whether the waiting file must stop) meanwhile.
+    fn wait<T>(&self, rx: &Receiver<T>, x: &Exchange) -> Result<T::Value, LinkError>
     where
         T: DeliveryResult,
     {
         loop {
             let now = Instant::now();
-            if now >= deadline {
-                return Err(self.timeout(op, channel, timeout));
+            if now >= x.deadline {
+                return Err(self.timeout(x));
             }
-            match rx.recv_timeout((deadline - now).min(LIVENESS_POLL)) {
-                Ok(v) => {
-                    return v.into_result().map_err(|source| LinkError::Protocol {
-                        vm: self.inner.vm.clone(),
-                        op,
-                        channel,
-                        source,
-                    })
-                }
-                Err(RecvTimeoutError::Timeout) => self.check_alive(op, channel)?,
+            match rx.recv_timeout((x.deadline - now).min(LIVENESS_POLL)) {
+                Ok(v) => return v.into_result().map_err(|source| self.protocol(x, source)),
+                Err(RecvTimeoutError::Timeout) => self.check_alive(x)?,
                 Err(RecvTimeoutError::Disconnected) => {
                     // The VM's own account (QEMU exit, panic) is better evidence than
                     // the socket's.
-                    self.check_alive(op, channel)?;
+                    self.check_alive(x)?;
                     let reason = lock(&self.inner.state)
                         .lost
                         .clone()
                         .unwrap_or_else(|| "the connection was replaced".to_string());
                     return Err(LinkError::Disconnected {
                         vm: self.inner.vm.clone(),
-                        op,
-                        channel,
+                        op: x.op,
+                        channel: x.channel,
                         reason,
                     });
                 }
@@ -425,21 +459,42 @@ impl Link {
     }
 
     /// The error for a wait that reached its deadline.
-    fn timeout(&self, op: &'static str, channel: u32, waited: Duration) -> LinkError {
+    fn timeout(&self, x: &Exchange) -> LinkError {
         LinkError::Timeout {
             vm: self.inner.vm.clone(),
-            op,
-            channel,
-            waited,
+            op: x.op,
+            channel: x.channel,
+            waited: x.timeout,
         }
     }
 
-    fn check_alive(&self, op: &'static str, channel: u32) -> Result<(), LinkError> {
+    fn protocol(&self, x: &Exchange, source: ProtoError) -> LinkError {
+        LinkError::Protocol {
+            vm: self.inner.vm.clone(),
+            op: x.op,
+            channel: x.channel,
+            source,
+        }
+    }
+
+    /// Fails when the VM can no longer answer, or the waiting file must stop.
+    fn check_alive(&self, x: &Exchange) -> Result<(), LinkError> {
+        self.check_vm(x)?;
+        cancel::checkpoint().map_err(|stop| LinkError::Cancelled {
+            vm: self.inner.vm.clone(),
+            op: x.op,
+            channel: x.channel,
+            stop,
+        })
+    }
+
+    /// Fails when the VM can no longer answer.
+    fn check_vm(&self, x: &Exchange) -> Result<(), LinkError> {
         match (self.inner.liveness)() {
             Some(reason) => Err(LinkError::VmDead {
                 vm: self.inner.vm.clone(),
-                op,
-                channel,
+                op: x.op,
+                channel: x.channel,
                 reason,
             }),
             None => Ok(()),
@@ -449,15 +504,12 @@ impl Link {
     /// Takes up to `want` bytes of credit, waiting for the agent's `Credit` while
     /// there is none; unpaced links get `want` at once. `generation` is the
     /// connection the frame is being written to: credit from a newer one is not its.
-    #[allow(clippy::too_many_arguments)]
     fn take_credit(
         &self,
         want: usize,
         generation: u64,
-        deadline: Instant,
-        timeout: Duration,
-        op: &'static str,
-        channel: u32,
+        x: &Exchange,
+        check: &dyn Fn(&Exchange) -> Result<(), LinkError>,
     ) -> Result<usize, LinkError> {
         let mut state = lock(&self.inner.state);
         loop {
@@ -478,25 +530,25 @@ impl Link {
             if let Some(reason) = lost {
                 drop(state);
                 // The VM's own account (QEMU exit, panic) is better evidence.
-                self.check_alive(op, channel)?;
+                check(x)?;
                 return Err(LinkError::Disconnected {
                     vm: self.inner.vm.clone(),
-                    op,
-                    channel,
+                    op: x.op,
+                    channel: x.channel,
                     reason,
                 });
             }
             let now = Instant::now();
-            if now >= deadline {
-                return Err(self.timeout(op, channel, timeout));
+            if now >= x.deadline {
+                return Err(self.timeout(x));
             }
             let (guard, _) = self
                 .inner
                 .credit_changed
-                .wait_timeout(state, (deadline - now).min(LIVENESS_POLL))
+                .wait_timeout(state, (x.deadline - now).min(LIVENESS_POLL))
                 .unwrap_or_else(|e| e.into_inner());
             drop(guard);
-            self.check_alive(op, channel)?;
+            check(x)?;
             state = lock(&self.inner.state);
         }
     }
@@ -511,72 +563,56 @@ impl Link {
     /// Writes a whole frame in slices so a guest that stops reading cannot block the
     /// caller past its deadline. A `paced` write on the UART sends no more than the
     /// agent has credited.
-    fn write_frame(
+    fn write_frame(&self, frame: &[u8], x: &Exchange, paced: bool) -> Result<(), LinkError> {
+        self.write_checked(frame, x, paced, &|x| self.check_alive(x))
+    }
+
+    /// As [`Link::write_frame`], but not stopped by the waiting file's own stop (a
+    /// cancel is sent precisely while the file stops).
+    fn write_frame_unchecked(
         &self,
         frame: &[u8],
-        deadline: Instant,
-        timeout: Duration,
-        op: &'static str,
-        channel: u32,
+        x: &Exchange,
         paced: bool,
+    ) -> Result<(), LinkError> {
+        self.write_checked(frame, x, paced, &|x| self.check_vm(x))
+    }
+
+    fn write_checked(
+        &self,
+        frame: &[u8],
+        x: &Exchange,
+        paced: bool,
+        check: &dyn Fn(&Exchange) -> Result<(), LinkError>,
     ) -> Result<(), LinkError> {
         let mut w = lock(&self.inner.writer);
         w.set_write_timeout(Some(LIVENESS_POLL))
-            .map_err(|source| self.io(op, source))?;
+            .map_err(|source| self.io(x.op, source))?;
         let generation = lock(&self.inner.state).generation;
         let mut written = 0;
         let mut allowed = if paced { 0 } else { frame.len() };
-        let result = self.write_slices(
-            &mut w,
-            frame,
-            (&mut written, &mut allowed),
-            generation,
-            deadline,
-            timeout,
-            op,
-            channel,
-        );
-        if paced && result.is_err() {
-            self.give_back_credit(allowed - written);
-        }
-        result
-    }
-
-    /// `write_frame`'s loop; `progress` is (bytes written, bytes credited so far).
-    #[allow(clippy::too_many_arguments)]
-    fn write_slices(
-        &self,
-        w: &mut UnixStream,
-        frame: &[u8],
-        progress: (&mut usize, &mut usize),
-        generation: u64,
-        deadline: Instant,
-        timeout: Duration,
-        op: &'static str,
-        channel: u32,
-    ) -> Result<(), LinkError> {
-        let (written, allowed) = progress;
-        while *written < frame.len() {
-            if *written == *allowed {
-                *allowed += self.take_credit(
-                    frame.len() - *written,
-                    generation,
-                    deadline,
-                    timeout,
-                    op,
-                    channel,
-                )?;
-            }
-            match w.write(&frame[*written..*allowed]) {
-                Ok(0) => {
-                    return Err(LinkError::Disconnected {
-                        vm: self.inner.vm.clone(),
-                        op,
-                        channel,
-                        reason: "the agent socket accepts no more data".to_string(),
-                    })
+        let mut result = Ok(());
+        while written < frame.len() {
+            if written == allowed {
+                match self.take_credit(frame.len() - written, generation, x, check) {
+                    Ok(n) => allowed += n,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
                 }
-                Ok(n) => *written += n,
+            }
+            match w.write(&frame[written..allowed]) {
+                Ok(0) => {
+                    result = Err(LinkError::Disconnected {
+                        vm: self.inner.vm.clone(),
+                        op: x.op,
+                        channel: x.channel,
+                        reason: "the agent socket accepts no more data".to_string(),
+                    });
+                    break;
+                }
+                Ok(n) => written += n,
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -585,23 +621,30 @@ impl Link {
                             | io::ErrorKind::Interrupted
                     ) =>
                 {
-                    self.check_alive(op, channel)?;
-                    if Instant::now() >= deadline {
-                        return Err(self.timeout(op, channel, timeout));
+                    if let Err(e) = check(x) {
+                        result = Err(e);
+                        break;
+                    }
+                    if Instant::now() >= x.deadline {
+                        result = Err(self.timeout(x));
+                        break;
                     }
                 }
                 Err(e) => {
-                    self.check_alive(op, channel)?;
-                    return Err(LinkError::Disconnected {
+                    result = check(x).and(Err(LinkError::Disconnected {
                         vm: self.inner.vm.clone(),
-                        op,
-                        channel,
+                        op: x.op,
+                        channel: x.channel,
                         reason: format!("write failed: {e}"),
-                    });
+                    }));
+                    break;
                 }
             }
         }
-        Ok(())
+        if paced && result.is_err() {
+            self.give_back_credit(allowed - written);
+        }
+        result
     }
 }
 

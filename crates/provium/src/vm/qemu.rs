@@ -354,6 +354,9 @@ impl Qemu {
                     if let Some(reason) = self.dead_reason() {
                         return Err(ConnectError::Dead(reason));
                     }
+                    if let Err(stop) = crate::cancel::checkpoint() {
+                        return Err(ConnectError::Dead(stop.to_string()));
+                    }
                     if Instant::now() >= deadline {
                         return Err(ConnectError::Timeout {
                             path: path.to_path_buf(),

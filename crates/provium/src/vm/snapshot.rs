@@ -410,6 +410,12 @@ fn wait_migration(
         if Instant::now() >= deadline {
             return Err(MigrationError::Timeout { timeout, status });
         }
+        if let Err(stop) = crate::cancel::checkpoint() {
+            return Err(MigrationError::Died {
+                reason: format!("stopped waiting: {stop}"),
+                stderr: String::new(),
+            });
+        }
         std::thread::sleep(MIGRATION_POLL);
     }
 }
