@@ -80,4 +80,18 @@ test("output_over_the_payload_cap_is_an_error_naming_the_cap", function()
   assert(vm:exec("true").ok)
 end)
 
+test("exec_with_a_timeout_kills_the_command_in_the_guest", function()
+  local started = os.time()
+  local ok, err = pcall(vm.exec, vm, "sleep 1000; echo never", { timeout = 1 })
+  assert(not ok, "a command past its timeout returned")
+  assert_contains(tostring(err), "exec timed out after 1s: sleep 1000; echo never")
+  assert(os.time() - started < 10, "the timeout did not end the call")
+  -- The whole process group went; the VM takes the next command.
+  local ps = vm:exec("ps -o pid,args").stdout.value
+  assert(not ps:find("sleep 1000", 1, true), ps)
+  assert(vm:exec("true").ok)
+  ok, err = pcall(vm.exec, vm, "true", { timout = 1 })
+  assert_contains(tostring(err), "exec: unknown option 'timout' (known options: timeout)")
+end)
+
 vm:shutdown()

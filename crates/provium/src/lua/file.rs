@@ -133,9 +133,11 @@ pub(crate) fn run_lua_file<T>(
         }),
         stopped: None,
     });
-    if execution.error.is_some() {
-        execution.stopped = cancel.check().err();
-    }
+    execution.stopped = match execution.record.stopped.clone() {
+        Some(stop) => Some(stop),
+        None if execution.error.is_some() => cancel.check().err(),
+        None => None,
+    };
     let result = last_look(&lua, &ctx, &execution);
     ctx.end();
     lua.remove_app_data::<Rc<FileContext>>();

@@ -32,6 +32,8 @@ struct State {
     subtest_todo: Option<Option<String>>,
     file_todo: Option<Option<String>>,
     exit_code: Option<i64>,
+    /// The file had to stop inside a sub-test (its time ran out, an interrupt).
+    stopped: Option<Stop>,
 }
 
 /// What the framework recorded once the file's script returned or raised.
@@ -42,6 +44,8 @@ pub struct Record {
     pub file_todo: Option<Option<String>>,
     /// The code passed to `os.exit`, normalised to an integer (0 = success).
     pub exit_code: Option<i64>,
+    /// Why the file had to stop inside a sub-test, which then ended the file.
+    pub stopped: Option<Stop>,
 }
 
 /// The installed framework of one Lua state.
@@ -97,6 +101,7 @@ impl Framework {
             subtests: std::mem::take(&mut state.subtests),
             file_todo: state.file_todo.take(),
             exit_code: state.exit_code,
+            stopped: state.stopped.take(),
         }
     }
 }
@@ -336,9 +341,19 @@ fn register_test_hooks(lua: &Lua, hooks: &Table, state: &Rc<RefCell<State>>) -> 
                 let stopping_file = state.exit_code.is_some();
                 let ctx = FileContext::of(lua).ok();
                 let stopped = ctx.as_ref().and_then(|ctx| ctx.cancel().leave_subtest());
+                // A stop of the whole file (not only this sub-test's limit) ends the
+                // file here, naming the sub-test it was in.
+                let stopping_file = stopping_file
+                    || match &stopped {
+                        Some(stop @ (Stop::FileTimeout { .. } | Stop::Interrupted { .. })) => {
+                            state.stopped = Some(stop.clone());
+                            true
+                        }
+                        _ => false,
+                    };
                 let (outcome, message, detail) = if let Some(reason) = state.subtest_todo.take() {
                     (Outcome::Todo { reason }, None, None)
-                } else if ok || stopping_file {
+                } else if ok || (stopping_file && stopped.is_none()) {
                     (Outcome::Passed, None, None)
                 } else if let Some(stop) = stopped {
                     // Whatever the interrupted body raised, the point is that it ran

@@ -55,9 +55,12 @@ pub struct Reporter<W: Write> {
     style: Style,
     total_files: usize,
     done: usize,
-    running: usize,
+    /// The files running now and since when, in start order.
+    running: Vec<(String, Instant)>,
     started: Instant,
     status_drawn_at: Option<Instant>,
+    /// How wide the status line may be (the terminal's width).
+    width: usize,
 }
 
 impl<W: Write> Reporter<W> {
@@ -73,9 +76,10 @@ impl<W: Write> Reporter<W> {
             style,
             total_files: 0,
             done: 0,
-            running: 0,
+            running: Vec::new(),
             started: Instant::now(),
             status_drawn_at: None,
+            width: terminal_width(),
         }
     }
 
@@ -103,12 +107,14 @@ impl<W: Write> Reporter<W> {
                 }
                 self.write_block(&text)?;
             }
-            Event::FileStarted { .. } => {
-                self.running += 1;
+            Event::FileStarted { name, .. } => {
+                self.running.push((name.clone(), Instant::now()));
                 self.draw_status(true)?;
             }
             Event::FileFinished(report) => {
-                self.running = self.running.saturating_sub(1);
+                if let Some(i) = self.running.iter().position(|(n, _)| *n == report.name) {
+                    self.running.remove(i);
+                }
                 if !report.retrying {
                     self.done += 1;
                     let block = render_file(report, self.style.color);
@@ -158,18 +164,69 @@ impl<W: Write> Reporter<W> {
         {
             return Ok(());
         }
-        let line = format!(
-            "{ERASE_LINE}  {}/{} done, {} running, {:.1}s",
+        let line = status_line(
             self.done,
             self.total_files,
-            self.running,
-            self.started.elapsed().as_secs_f64()
+            &self.running,
+            self.started.elapsed(),
+            self.width,
         );
-        self.out.write_all(line.as_bytes())?;
+        self.out
+            .write_all(format!("{ERASE_LINE}{line}").as_bytes())?;
         self.out.flush()?;
         self.status_drawn_at = Some(Instant::now());
         Ok(())
     }
+}
+
+/// The terminal's width in columns (80 when stdout is no terminal).
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills the winsize struct we pass; nothing else is touched.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        80
+    }
+}
+
+/// `  3/10 done, 2 running, 12.4s: slow.lua 45s, b.lua 3s` — the running files with
+/// how long each has run, the longest first (a hang shows), cut to `width` columns.
+pub fn status_line(
+    done: usize,
+    total: usize,
+    running: &[(String, Instant)],
+    elapsed: Duration,
+    width: usize,
+) -> String {
+    let mut line = format!(
+        "  {done}/{total} done, {} running, {:.1}s",
+        running.len(),
+        elapsed.as_secs_f64()
+    );
+    let mut files: Vec<(&str, Duration)> = running
+        .iter()
+        .map(|(name, since)| (name.as_str(), since.elapsed()))
+        .collect();
+    files.sort_by(|a, b| b.1.cmp(&a.1));
+    for (i, (name, ran)) in files.iter().enumerate() {
+        let part = format!(
+            "{}{name} {}s",
+            if i == 0 { ": " } else { ", " },
+            ran.as_secs()
+        );
+        if line.chars().count() + part.chars().count() > width.saturating_sub(1) {
+            let rest = files.len() - i;
+            let more = format!(", +{rest} more");
+            if line.chars().count() + more.chars().count() < width {
+                line.push_str(&more);
+            }
+            break;
+        }
+        line.push_str(&part);
+    }
+    line
 }
 
 /// `partition count:2/4: 13 of 50 files`.
@@ -507,12 +564,40 @@ mod tests {
             )))
             .unwrap();
         let text = String::from_utf8(reporter.into_inner()).unwrap();
-        assert!(text.contains("0/2 done, 1 running"), "{text:?}");
         assert!(
-            text.contains(&format!("running, 0.0s{ERASE_LINE}  a.lua")),
+            text.contains("0/2 done, 1 running, 0.0s: a.lua 0s"),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&format!("a.lua 0s{ERASE_LINE}  a.lua ... ")),
             "{text:?}"
         );
         assert!(text.ends_with("1/2 done, 0 running, 0.0s"), "{text:?}");
+    }
+
+    #[test]
+    fn the_status_line_names_the_longest_running_files_first_and_fits() {
+        let now = Instant::now();
+        let running = vec![
+            ("quick.lua".to_string(), now),
+            (
+                "slow.lua".to_string(),
+                now.checked_sub(Duration::from_secs(45)).unwrap(),
+            ),
+        ];
+        assert_eq!(
+            status_line(3, 10, &running, Duration::from_millis(12_400), 80),
+            "  3/10 done, 2 running, 12.4s: slow.lua 45s, quick.lua 0s"
+        );
+        assert_eq!(
+            status_line(3, 10, &running, Duration::from_millis(12_400), 48),
+            "  3/10 done, 2 running, 12.4s: slow.lua 45s"
+        );
+        let narrow = status_line(3, 10, &running, Duration::from_millis(12_400), 56);
+        assert_eq!(
+            narrow,
+            "  3/10 done, 2 running, 12.4s: slow.lua 45s, +1 more"
+        );
     }
     #[test]
     fn errors_and_timeouts_print_as_fail_in_the_seed_format() {
@@ -567,7 +652,7 @@ mod tests {
         // The status line was erased before the notice, then drawn again.
         assert!(
             out.ends_with(&format!(
-                "0.0s{ERASE_LINE}{ERASE_LINE}  0/1 done, 1 running, 0.0s"
+                "a.lua 0s{ERASE_LINE}{ERASE_LINE}  0/1 done, 1 running, 0.0s: a.lua 0s"
             )),
             "{out:?}"
         );

@@ -211,18 +211,23 @@ fn handshake(
         .collect();
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
-    // The attempts run on their own threads: they check the booting file's token.
+    // The attempts run on their own threads: they check the booting file's token,
+    // during the handshake only (the winner's link lives on with this check).
     let file = cancel::current();
+    let handshaking = Arc::new(AtomicBool::new(true));
     for (index, (channel, stream)) in attempts.into_iter().enumerate() {
         let vm_liveness = qemu.liveness();
         let cancel = Arc::clone(&cancels[index]);
         let file = file.clone();
+        let handshaking = Arc::clone(&handshaking);
         let liveness: Liveness = Arc::new(move || {
             if cancel.load(Ordering::Acquire) {
                 return Some("the agent answered on the other channel".to_string());
             }
-            if let Some(Err(stop)) = file.as_ref().map(|f| f.check()) {
-                return Some(stop.to_string());
+            if handshaking.load(Ordering::Acquire) {
+                if let Some(Err(stop)) = file.as_ref().map(|f| f.check()) {
+                    return Some(stop.to_string());
+                }
             }
             vm_liveness()
         });
@@ -267,6 +272,7 @@ fn handshake(
     for thread in threads {
         let _ = thread.join();
     }
+    handshaking.store(false, Ordering::Release);
     won.ok_or(HandshakeFailure::Link(errors))
 }
 
