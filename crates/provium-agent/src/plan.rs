@@ -76,7 +76,7 @@ pub fn plan_syscall(
     // The patches together, not only each one, stay within the cap: a payload of
     // 16 MiB holds some 670,000 patches, each of which may ask for 16 MiB.
     let mut planned: u64 = 0;
-    let mut subs = Vec::with_capacity(ptrs.len());
+    let mut targets = Vec::with_capacity(ptrs.len());
     for (i, p) in ptrs.iter().enumerate() {
         let target = bufs
             .iter()
@@ -128,20 +128,53 @@ pub fn plan_syscall(
             ));
         }
         planned += p.data_len;
-        let mut data = vec![0u8; p.data_len as usize];
-        data[..p.data.len()].copy_from_slice(&p.data);
-        subs.push(SubBuffer {
-            target,
-            offset: p.ptr_offset as usize,
-            data,
-            output: p.output,
-        });
+        targets.push(target);
     }
+    refuse_overlapping_slots(op, ptrs)?;
+    let subs = ptrs
+        .iter()
+        .zip(targets)
+        .map(|(p, target)| {
+            let mut data = vec![0u8; p.data_len as usize];
+            data[..p.data.len()].copy_from_slice(&p.data);
+            SubBuffer {
+                target,
+                offset: p.ptr_offset as usize,
+                data,
+                output: p.output,
+            }
+        })
+        .collect();
     Ok(SyscallPlan {
         args: words,
         bufs,
         subs,
     })
+}
+
+/// Two pointers whose 8-byte slots overlap in one buffer would leave the kernel a
+/// pointer made of two addresses' bytes. Sorting keeps this linear in the patches
+/// (a payload may carry hundreds of thousands).
+fn refuse_overlapping_slots(op: &str, ptrs: &[PtrPatch]) -> Result<(), AgentError> {
+    let mut slots: Vec<(u32, u64, usize)> = ptrs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.buf_idx, p.ptr_offset, i))
+        .collect();
+    slots.sort_unstable();
+    for pair in slots.windows(2) {
+        let ((buf, a_at, a), (next_buf, b_at, b)) = (pair[0], pair[1]);
+        if buf == next_buf && b_at - a_at < 8 {
+            let (first, second) = (a.min(b), a.max(b));
+            return Err(invalid(
+                op,
+                format!(
+                    "pointers {first} and {second} overlap: their 8-byte slots at offsets {a_at} and {b_at} of the buffer of argument {buf} share bytes"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `IoctlBuf` as a syscall plan: `ioctl(fd, cmd, &arg)` with the patches into `arg`.
@@ -468,6 +501,32 @@ mod tests {
         );
         let plan = plan_syscall("syscall", &[], vec![buf(0, &[0; 24])], &ptrs[..2]).unwrap();
         assert_eq!(plan.sub_buffer_bytes(), MAX_DATA as usize);
+    }
+
+    /// Regression (found by the `plan` fuzz target in 7 s; input minimised with
+    /// afl-tmin): pointer 1's address was written over the last 5 bytes of pointer
+    /// 0's, so the kernel would have been handed a pointer made of both.
+    #[test]
+    fn overlapping_pointer_slots_refused() {
+        let ptrs = [
+            patch(1, 19, 5, b"00000", false),
+            patch(1, 16, 3, b"000", true),
+        ];
+        let err =
+            plan_syscall("syscall", &[0x3030; 3], vec![buf(1, &[0x30; 32])], &ptrs).unwrap_err();
+        assert_eq!(
+            reason(err),
+            "pointers 0 and 1 overlap: their 8-byte slots at offsets 16 and 19 of the buffer of argument 1 share bytes"
+        );
+        // Adjacent slots, and the same offset in different buffers, are fine.
+        let adjacent = [patch(1, 16, 1, b"", false), patch(1, 8, 1, b"", false)];
+        assert!(plan_syscall("syscall", &[], vec![buf(1, &[0; 24])], &adjacent).is_ok());
+        let apart = [patch(1, 0, 1, b"", false), patch(2, 0, 1, b"", false)];
+        let bufs = vec![buf(1, &[0; 8]), buf(2, &[0; 8])];
+        assert!(plan_syscall("syscall", &[], bufs, &apart).is_ok());
+        let same = [patch(2, 0, 1, b"", false), patch(2, 0, 1, b"", false)];
+        let err = plan_syscall("syscall", &[], vec![buf(2, &[0; 8])], &same).unwrap_err();
+        assert!(reason(err).starts_with("pointers 0 and 1 overlap"));
     }
 
     #[test]
