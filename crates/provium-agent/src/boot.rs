@@ -35,6 +35,8 @@ pub fn run_as_init(args: Vec<String>) -> ! {
         // Before any thread exists, so changing the environment is sound.
         std::env::set_var("PATH", DEFAULT_PATH);
     }
+    // SAFETY: PID 1 is still single-threaded, so the child may go on running any
+    // code; it never returns here (serve_guest ends in `_exit`).
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         serve_guest(&shim_dir);
@@ -57,6 +59,7 @@ pub fn run_as_init(args: Vec<String>) -> ! {
 /// the channel stays open and the console is how it learns nothing will answer.
 /// Returns in the serving process only. Without a fork, serving goes on unwatched.
 fn supervise() {
+    // SAFETY: called while the serving process is still single-threaded.
     let server = unsafe { libc::fork() };
     if server <= 0 {
         if server < 0 {
@@ -72,6 +75,7 @@ fn supervise() {
         Err(errno) => format!("waitpid failed with errno {errno}"),
     };
     log!("{AGENT_ENDED}{ended}");
+    // SAFETY: _exit has no preconditions; nothing in this supervisor needs flushing.
     unsafe { libc::_exit(0) }
 }
 
@@ -79,6 +83,7 @@ fn supervise() {
 /// the kernel could not (an initramfs without /dev/console).
 fn setup_console(shim_dir: &str) {
     let c_console = CString::new("/dev/console").unwrap_or_default();
+    // SAFETY: `c_console` is a NUL-terminated path alive for the call.
     let fd = unsafe { libc::open(c_console.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
     let fd = if fd >= 0 {
         fd
@@ -89,15 +94,20 @@ fn setup_console(shim_dir: &str) {
         }
     };
     for target in 0..3 {
+        // SAFETY: F_GETFD only asks whether `target` is open.
         if target != fd && unsafe { libc::fcntl(target, libc::F_GETFD) } < 0 {
+            // SAFETY: `target` is closed, so dup2 takes it from no owner.
             unsafe { libc::dup2(fd, target) };
         }
     }
     // A private copy above 2 that init and commands do not inherit.
+    // SAFETY: duplicating a descriptor this function opened takes no pointers.
     let log_fd = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
     if fd >= 3 {
+        // SAFETY: `fd` was opened above and is owned by nothing else.
         unsafe { libc::close(fd) };
     } else {
+        // SAFETY: clearing close-on-exec so init inherits its standard descriptor.
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
     }
     if log_fd >= 0 {
@@ -122,8 +132,11 @@ fn load_modules(shim_dir: &str) {
             }
         };
         let fd = file.into_raw_fd();
+        // SAFETY: `fd` is open, `params` is a NUL-terminated (empty) string alive
+        // for the call.
         let ret = unsafe { libc::syscall(libc::SYS_finit_module, fd, params.as_ptr(), 0) };
         let errno = sys::errno();
+        // SAFETY: `fd` came from `into_raw_fd` above; this is its only owner.
         unsafe { libc::close(fd) };
         if ret != 0 && errno != libc::EEXIST {
             log!(
@@ -170,6 +183,8 @@ fn exec_init(init: &str, extra: &[String]) {
     argv_owned.extend(extra.iter().filter_map(|a| CString::new(a.as_str()).ok()));
     let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
+    // SAFETY: `argv` is a NULL-terminated array of pointers into `argv_owned`, and it
+    // and `path` outlive the call.
     unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
     log!(
         "cannot execute init {init}: {}; the agent stays PID 1",
@@ -181,6 +196,7 @@ fn exec_init(init: &str, extra: &[String]) {
 fn reap_forever() -> ! {
     loop {
         let mut status = 0;
+        // SAFETY: `status` is a valid place for the wait status.
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
         if pid < 0 && sys::errno() == libc::ECHILD {
             std::thread::sleep(Duration::from_secs(1));
@@ -190,6 +206,7 @@ fn reap_forever() -> ! {
 
 /// The serving child: finds the link, then serves it for the life of the VM.
 fn serve_guest(shim_dir: &str) -> ! {
+    // SAFETY: setsid takes no arguments and has no memory-safety preconditions.
     unsafe { libc::setsid() };
     supervise();
     if std::env::var_os("PATH").is_none() {
@@ -200,6 +217,7 @@ fn serve_guest(shim_dir: &str) -> ! {
         Ok(l) => l,
         Err(e) => {
             log!("cannot open the host channel: {e}");
+            // SAFETY: _exit has no preconditions.
             unsafe { libc::_exit(1) };
         }
     };
@@ -208,5 +226,6 @@ fn serve_guest(shim_dir: &str) -> ! {
         Ok(mut router) => router.serve_link(link, kind),
         Err(e) => log!("{e}"),
     }
+    // SAFETY: _exit has no preconditions.
     unsafe { libc::_exit(1) }
 }

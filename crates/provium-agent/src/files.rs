@@ -8,11 +8,13 @@ use crate::sys;
 
 pub fn read_file(path: &str) -> Result<Response, AgentError> {
     let c_path = sys::cstring(path, "read_file", "path")?;
+    // SAFETY: `c_path` is a NUL-terminated path alive for the call.
     let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(sys::path_error("open", path));
     }
     let result = read_capped(fd, path);
+    // SAFETY: `fd` was opened above and has no other owner.
     unsafe { libc::close(fd) };
     result.map(|data| Response::File { data })
 }
@@ -22,7 +24,9 @@ fn read_capped(fd: i32, path: &str) -> Result<Vec<u8>, AgentError> {
         path: path.to_string(),
         cap: u64::from(MAX_DATA),
     };
+    // SAFETY: `stat` is plain data; all zeros is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid place for the kernel's `struct stat`.
     if unsafe { libc::fstat(fd, &mut st) } == 0
         && (st.st_mode & libc::S_IFMT) == libc::S_IFREG
         && st.st_size > i64::from(MAX_DATA)
@@ -57,6 +61,7 @@ pub fn write_file(path: &str, data: &[u8], mode: Option<u32>) -> Result<Response
         });
     }
     let c_path = sys::cstring(path, "write_file", "path")?;
+    // SAFETY: `c_path` is a NUL-terminated path alive for the call.
     let fd = unsafe {
         libc::open(
             c_path.as_ptr(),
@@ -75,10 +80,12 @@ pub fn write_file(path: &str, data: &[u8], mode: Option<u32>) -> Result<Response
     // An explicit mode must not be narrowed by the umask, nor left as it was when the
     // file already existed.
     if let (Ok(()), Some(mode)) = (&result, mode) {
+        // SAFETY: fchmod on the descriptor opened above takes no pointers.
         if unsafe { libc::fchmod(fd, mode) } != 0 {
             result = Err(sys::path_error("chmod", path));
         }
     }
+    // SAFETY: `fd` was opened above and has no other owner.
     if unsafe { libc::close(fd) } != 0 && result.is_ok() {
         result = Err(sys::path_error("close", path));
     }
@@ -88,11 +95,13 @@ pub fn write_file(path: &str, data: &[u8], mode: Option<u32>) -> Result<Response
 pub fn dmesg() -> Result<Response, AgentError> {
     const SYSLOG_ACTION_READ_ALL: i32 = 3;
     const SYSLOG_ACTION_SIZE_BUFFER: i32 = 10;
+    // SAFETY: SIZE_BUFFER reads no buffer; a null pointer of length 0 is allowed.
     let size = unsafe { libc::klogctl(SYSLOG_ACTION_SIZE_BUFFER, std::ptr::null_mut(), 0) };
     if size < 0 {
         return Err(sys::os_error("klogctl(SIZE_BUFFER)"));
     }
     let mut log = vec![0u8; size as usize];
+    // SAFETY: the kernel writes at most `size` bytes, the length of `log`.
     let n = unsafe { libc::klogctl(SYSLOG_ACTION_READ_ALL, log.as_mut_ptr().cast(), size) };
     if n < 0 {
         return Err(sys::os_error("klogctl(READ_ALL)"));
@@ -149,6 +158,8 @@ pub fn mount_one(
     let c_source = sys::cstring(source, "mount", "source")?;
     let c_target = sys::cstring(target, "mount", "target")?;
     let c_type = sys::cstring(fstype, "mount", "type")?;
+    // SAFETY: every pointer is a NUL-terminated string alive for the calls, or null
+    // for no mount data.
     unsafe {
         if libc::mkdir(c_target.as_ptr(), 0o755) != 0 && sys::errno() != libc::EEXIST {
             return Err(sys::path_error("mkdir", target));

@@ -12,6 +12,7 @@ pub fn set_fd(fd: i32) {
 pub fn line(msg: &str) {
     let text = format!("provium-agent: {msg}\n");
     // Logging must never fail the agent; a lost line is acceptable.
+    // SAFETY: the kernel reads at most `text.len()` bytes from `text`.
     unsafe {
         libc::write(
             LOG_FD.load(Ordering::Relaxed),

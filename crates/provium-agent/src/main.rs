@@ -5,6 +5,8 @@
 //! one connection at a time, so the protocol and the operations can be tested
 //! without a VM; there, `shutdown` and `mount_vfs` are refused.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod boot;
 mod exec;
 mod files;

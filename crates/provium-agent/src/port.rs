@@ -70,6 +70,7 @@ fn set_raw(file: &File) -> std::io::Result<()> {
         c_line: 0,
         c_cc: [0; 19],
     };
+    // SAFETY: `t` has the layout of the kernel's termios, which TCGETS fills.
     if unsafe { libc::ioctl(fd, libc::TCGETS, &mut t) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -90,6 +91,7 @@ fn set_raw(file: &File) -> std::io::Result<()> {
     t.c_cc[libc::VTIME] = 0;
     // TCSETSF also discards input that arrived while the line was still cooked
     // (echoed and mangled); the host repeats its Hello.
+    // SAFETY: `t` is a kernel termios, which TCSETSF only reads.
     if unsafe { libc::ioctl(fd, libc::TCSETSF, &t) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -101,6 +103,7 @@ fn set_raw(file: &File) -> std::io::Result<()> {
 fn find_virtio_port(dir: &str) -> Result<(u32, u32), String> {
     let mount_point = format!("{dir}/.sysfs-{}", std::process::id());
     let c_mount = CString::new(mount_point.clone()).map_err(|_| "bad mount point".to_string())?;
+    // SAFETY: `c_mount` is a NUL-terminated path alive for the call.
     if unsafe { libc::mkdir(c_mount.as_ptr(), 0o700) } != 0 {
         return Err(format!(
             "mkdir {mount_point}: {}",
@@ -108,21 +111,25 @@ fn find_virtio_port(dir: &str) -> Result<(u32, u32), String> {
         ));
     }
     let (read_end, write_end) = sys::pipe().map_err(|e| e.to_string())?;
+    // SAFETY: the serving agent is single-threaded here (the router starts its
+    // threads later), so the helper may run any code; it leaves with `_exit`.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        // The agent is single-threaded here, so the helper may allocate freely.
         drop(read_end);
         let answer = scan_in_private_namespace(&c_mount, &mount_point);
         let _ = sys::write_all_fd(write_end.as_raw_fd(), answer.as_bytes());
+        // SAFETY: _exit has no preconditions.
         unsafe { libc::_exit(0) };
     }
     drop(write_end);
     let mut answer = String::new();
+    // SAFETY: `into_raw_fd` gives up the only owner of the descriptor.
     let read = unsafe { File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(read_end)) }
         .read_to_string(&mut answer);
     if pid > 0 {
         let _ = sys::wait_pid(pid);
     }
+    // SAFETY: `c_mount` is a NUL-terminated path alive for the call.
     unsafe { libc::rmdir(c_mount.as_ptr()) };
     if pid < 0 {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
@@ -142,6 +149,8 @@ fn find_virtio_port(dir: &str) -> Result<(u32, u32), String> {
 fn scan_in_private_namespace(c_mount: &CString, mount_point: &str) -> String {
     let c_sysfs = CString::new("sysfs").unwrap_or_default();
     let c_root = CString::new("/").unwrap_or_default();
+    // SAFETY: every pointer is a NUL-terminated string alive for the calls, or null
+    // where mount(2) accepts none.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
             return format!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());

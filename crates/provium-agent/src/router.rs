@@ -323,6 +323,7 @@ impl Router {
             seq,
             &Message::Response(Response::Done),
         );
+        // SAFETY: neither call takes pointers; in a guest, powering off is the request.
         unsafe {
             libc::sync();
             libc::reboot(libc::RB_POWER_OFF);
@@ -344,6 +345,7 @@ impl Router {
         if ch.gone.is_none() {
             ch.gone = Some("killed by the host".to_string());
             match ch.kind {
+                // SAFETY: kill takes no pointers and touches no memory of ours.
                 WorkerKind::Process(pid) => unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 },
@@ -369,6 +371,7 @@ impl Router {
             std::thread::Builder::new()
                 .name(format!("channel-{channel}"))
                 .spawn(move || {
+                    // SAFETY: gettid has no preconditions.
                     let _ = tid_tx.send(unsafe { libc::gettid() });
                     serve::serve(worker_end, mode);
                 })
@@ -381,6 +384,11 @@ impl Router {
                 errno: libc::ECHILD,
             })?)
         } else {
+            // SAFETY: the router has other threads, so the child must not rely on
+            // any lock another thread may hold at the fork. It touches no shared
+            // state of the parent (no channel map, no link writer): it builds its own
+            // and allocates through glibc's malloc, which glibc's fork leaves usable
+            // in the child. It never returns from this block (`_exit`).
             let pid = unsafe { libc::fork() };
             if pid < 0 {
                 return Err(sys::os_error("fork"));
@@ -388,6 +396,8 @@ impl Router {
             if pid == 0 {
                 sys::close_fds_except(&[worker_end.as_raw_fd(), log::fd()]);
                 serve::serve(worker_end, mode);
+                // SAFETY: _exit skips the destructors of the parent's objects, whose
+                // descriptors close_fds_except closed.
                 unsafe { libc::_exit(0) };
             }
             drop(worker_end);

@@ -36,15 +36,18 @@ pub fn path_error(op: &str, path: &str) -> AgentError {
 /// A pipe whose ends close on exec: `(read, write)`.
 pub fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
     let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(os_error("pipe2"));
     }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Reads into `buf`, retrying on EINTR; `Ok(0)` is end of file.
 pub fn read_fd(fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
     loop {
+        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         if n >= 0 {
             return Ok(n as usize);
@@ -59,6 +62,7 @@ pub fn read_fd(fd: i32, buf: &mut [u8]) -> Result<usize, i32> {
 /// Writes all of `data`, retrying on EINTR and short writes.
 pub fn write_all_fd(fd: i32, mut data: &[u8]) -> Result<(), i32> {
     while !data.is_empty() {
+        // SAFETY: the kernel reads at most `data.len()` bytes from `data`.
         let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
         if n < 0 {
             let e = errno();
@@ -94,6 +98,7 @@ pub fn describe_status(status: i32) -> String {
 pub fn wait_pid(pid: i32) -> Result<i32, i32> {
     let mut status = 0;
     loop {
+        // SAFETY: `status` is a valid place for the kernel to store the wait status.
         if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
             return Ok(status);
         }
@@ -109,6 +114,8 @@ pub fn wait_pid(pid: i32) -> Result<i32, i32> {
 pub fn open_char_device(dir: &str, label: &str, major: u32, minor: u32) -> Result<File, String> {
     let path = format!("{dir}/.provium-{label}-{}", std::process::id());
     let c_path = CString::new(path.clone()).map_err(|_| format!("bad path {path}"))?;
+    // SAFETY: `c_path` is a NUL-terminated string alive for every call; the
+    // descriptor open returns is new and handed to exactly one `File`.
     unsafe {
         libc::unlink(c_path.as_ptr());
         if libc::mknod(
@@ -136,16 +143,21 @@ pub fn open_char_device(dir: &str, label: &str, major: u32, minor: u32) -> Resul
 }
 
 /// Closes every descriptor from 3 up except those in `keep` (a forked worker must not
-/// hold the link or other workers' sockets open).
+/// hold the link or other workers' sockets open). Only for a freshly forked child
+/// that never again uses the objects owning the closed descriptors and leaves with
+/// `_exit`, so their destructors never run.
 pub fn close_fds_except(keep: &[i32]) {
     let mut keep: Vec<u32> = keep.iter().map(|&fd| fd as u32).collect();
     keep.sort_unstable();
     let mut from = 3u32;
     for fd in keep.into_iter().filter(|&fd| fd >= 3) {
         if fd > from {
+            // SAFETY: close_range takes no pointers. The owners of the descriptors it
+            // closes are never used again in this process (see above).
             unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0) };
         }
         from = fd + 1;
     }
+    // SAFETY: as above.
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
 }

@@ -1,21 +1,17 @@
 //! Raw syscalls and ioctls with argument buffers copied into agent memory and
-//! pointers patched into those buffers. Every index and offset is checked before
-//! anything is allocated or called.
+//! pointers patched into those buffers. Every index and offset is checked (by
+//! `provium_agent::plan`) before anything is allocated or called.
 
-use provium_proto::{
-    AgentError, IoctlPtr, PtrPatch, Response, SyscallBuf, MAX_DATA, MAX_SYSCALL_ARGS,
-};
+use provium_agent::plan::{self, SyscallPlan};
+use provium_proto::{AgentError, IoctlPtr, PtrPatch, Response, SyscallBuf, MAX_SYSCALL_ARGS};
 
 use crate::sys;
 
-fn invalid(op: &str, reason: String) -> AgentError {
-    AgentError::InvalidRequest {
-        op: op.to_string(),
-        reason,
-    }
-}
-
 fn raw_syscall(nr: i64, a: &[u64; MAX_SYSCALL_ARGS]) -> i64 {
+    // SAFETY: the host asked for exactly this call; the agent vouches only for its own
+    // memory. Every pointer the agent put in `a` is a live buffer of a `SyscallPlan`
+    // (or the ioctl's data) that outlives the call; any other word is the host's
+    // integer, and a bad address in it makes the kernel answer EFAULT.
     let ret = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
     // The libc wrapper folds the kernel's -errno into -1 and errno; unfold it so the
     // caller sees the raw result.
@@ -26,6 +22,10 @@ fn raw_syscall(nr: i64, a: &[u64; MAX_SYSCALL_ARGS]) -> i64 {
     }
 }
 
+fn perform(nr: i64, plan: SyscallPlan) -> Response {
+    plan.perform(|args| raw_syscall(nr, args))
+}
+
 /// Performs `nr` with `args`, buffers and pointer patches; see `Request::Syscall`.
 pub fn syscall(
     op: &str,
@@ -34,113 +34,7 @@ pub fn syscall(
     bufs: Vec<SyscallBuf>,
     ptrs: &[PtrPatch],
 ) -> Result<Response, AgentError> {
-    if args.len() > MAX_SYSCALL_ARGS {
-        return Err(invalid(
-            op,
-            format!(
-                "{} arguments given; a syscall takes at most {MAX_SYSCALL_ARGS}",
-                args.len()
-            ),
-        ));
-    }
-    let mut a = [0u64; MAX_SYSCALL_ARGS];
-    a[..args.len()].copy_from_slice(args);
-    let mut bufs = bufs;
-    bufs.sort_by_key(|b| b.arg_idx);
-    for (i, b) in bufs.iter().enumerate() {
-        if b.arg_idx as usize >= MAX_SYSCALL_ARGS {
-            return Err(invalid(
-                op,
-                format!(
-                    "buffer argument index {} is outside the {MAX_SYSCALL_ARGS} syscall arguments (0-based)",
-                    b.arg_idx
-                ),
-            ));
-        }
-        if i > 0 && bufs[i - 1].arg_idx == b.arg_idx {
-            return Err(invalid(
-                op,
-                format!("two buffers for argument {}", b.arg_idx),
-            ));
-        }
-    }
-    let mut subs: Vec<Vec<u8>> = Vec::with_capacity(ptrs.len());
-    let mut patches = Vec::with_capacity(ptrs.len());
-    for (i, p) in ptrs.iter().enumerate() {
-        let target = bufs
-            .iter()
-            .position(|b| b.arg_idx == p.buf_idx)
-            .ok_or_else(|| {
-                invalid(
-                    op,
-                    format!(
-                        "pointer {i} names buffer {} but no buffer is passed as argument {}",
-                        p.buf_idx, p.buf_idx
-                    ),
-                )
-            })?;
-        let len = bufs[target].data.len();
-        if p.ptr_offset
-            .checked_add(8)
-            .is_none_or(|end| end > len as u64)
-        {
-            return Err(invalid(
-                op,
-                format!(
-                    "pointer {i} at offset {} does not fit 8 bytes in the {len}-byte buffer of argument {}",
-                    p.ptr_offset, p.buf_idx
-                ),
-            ));
-        }
-        if p.data_len > u64::from(MAX_DATA) {
-            return Err(invalid(
-                op,
-                format!(
-                    "pointer {i} asks for {} bytes; the cap is {MAX_DATA}",
-                    p.data_len
-                ),
-            ));
-        }
-        if p.data.len() as u64 > p.data_len {
-            return Err(invalid(
-                op,
-                format!(
-                    "pointer {i} carries {} bytes of data for a {}-byte buffer",
-                    p.data.len(),
-                    p.data_len
-                ),
-            ));
-        }
-        let mut sub = vec![0u8; p.data_len as usize];
-        sub[..p.data.len()].copy_from_slice(&p.data);
-        subs.push(sub);
-        patches.push((target, p.ptr_offset as usize));
-    }
-    // Vectors are not resized from here on, so the addresses stay valid for the call.
-    for (sub, &(target, offset)) in subs.iter_mut().zip(&patches) {
-        let addr = sub.as_mut_ptr() as u64;
-        bufs[target].data[offset..offset + 8].copy_from_slice(&addr.to_le_bytes());
-    }
-    for b in bufs.iter_mut() {
-        a[b.arg_idx as usize] = b.data.as_mut_ptr() as u64;
-    }
-    let ret = raw_syscall(nr, &a);
-    let outputs = subs
-        .into_iter()
-        .zip(ptrs)
-        .filter(|(_, p)| p.output)
-        .map(|(sub, _)| sub)
-        .collect();
-    Ok(Response::Syscall {
-        ret,
-        bufs: bufs.into_iter().map(|b| b.data).collect(),
-        outputs,
-    })
-}
-
-/// `_IOC_DIR` bits of an ioctl number: 1 = write, 2 = read.
-fn ioctl_dir(cmd: u64) -> u64 {
-    (cmd >> 30) & 3
+    Ok(perform(nr, plan::plan_syscall(op, args, bufs, ptrs)?))
 }
 
 pub fn ioctl(fd: i32, cmd: u64, data: Option<Vec<u8>>) -> Response {
@@ -153,12 +47,9 @@ pub fn ioctl(fd: i32, cmd: u64, data: Option<Vec<u8>>) -> Response {
         Some(mut data) => {
             a[2] = data.as_mut_ptr() as u64;
             let ret = raw_syscall(libc::SYS_ioctl, &a);
-            let dir = ioctl_dir(cmd);
-            // Legacy ioctls (FIONREAD, TCGETS) encode no direction yet fill the buffer.
-            let reads = dir & 2 != 0 || dir == 0;
             Response::Ioctl {
                 ret,
-                data: reads.then_some(data),
+                data: plan::ioctl_returns_arg(cmd).then_some(data),
             }
         }
     }
@@ -170,25 +61,203 @@ pub fn ioctl_buf(
     arg: Vec<u8>,
     ptrs: &[IoctlPtr],
 ) -> Result<Response, AgentError> {
-    const ARG: u32 = 2;
-    let patches: Vec<PtrPatch> = ptrs
-        .iter()
-        .map(|p| PtrPatch {
-            buf_idx: ARG,
-            ptr_offset: p.ptr_offset,
-            data_len: p.buf_len,
-            data: p.data.clone(),
-            output: p.output,
-        })
-        .collect();
-    syscall(
-        "ioctl_buf",
+    Ok(perform(
         libc::SYS_ioctl,
-        &[fd as i64 as u64, cmd],
-        vec![SyscallBuf {
-            arg_idx: ARG,
-            data: arg,
-        }],
-        &patches,
-    )
+        plan::plan_ioctl_buf(fd, cmd, arg, ptrs)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    fn ret_of(resp: &Response) -> i64 {
+        match resp {
+            Response::Syscall { ret, .. } | Response::Ioctl { ret, .. } => *ret,
+            other => panic!("not a call result: {other:?}"),
+        }
+    }
+
+    fn ptr(buf_idx: u32, ptr_offset: u64, data_len: u64, data: &[u8], output: bool) -> PtrPatch {
+        PtrPatch {
+            buf_idx,
+            ptr_offset,
+            data_len,
+            data: data.to_vec(),
+            output,
+        }
+    }
+
+    /// An `iovec` with its base left for a pointer patch at offset 0.
+    fn iovec(len: u64) -> Vec<u8> {
+        [0u64.to_le_bytes(), len.to_le_bytes()].concat()
+    }
+
+    #[test]
+    fn integer_syscall_returns_the_kernel_result() {
+        let resp = syscall("syscall", libc::SYS_getpid, &[], vec![], &[]).unwrap();
+        assert_eq!(ret_of(&resp), i64::from(std::process::id()));
+    }
+
+    #[test]
+    fn failure_is_the_negative_errno() {
+        let resp = syscall("syscall", libc::SYS_close, &[u64::MAX], vec![], &[]).unwrap();
+        assert_eq!(ret_of(&resp), -i64::from(libc::EBADF));
+    }
+
+    #[test]
+    fn a_buffer_argument_reaches_the_kernel() {
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let fd = theirs.as_raw_fd() as u64;
+        let bufs = vec![SyscallBuf {
+            arg_idx: 1,
+            data: b"through write(2)".to_vec(),
+        }];
+        let resp = syscall("syscall", libc::SYS_write, &[fd, 0, 16], bufs, &[]).unwrap();
+        assert_eq!(ret_of(&resp), 16);
+        let mut got = [0u8; 16];
+        ours.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"through write(2)");
+    }
+
+    #[test]
+    fn the_kernel_fills_a_buffer_that_comes_back() {
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        ours.write_all(b"abc").unwrap();
+        let fd = theirs.as_raw_fd() as u64;
+        let bufs = vec![SyscallBuf {
+            arg_idx: 1,
+            data: vec![b'-'; 5],
+        }];
+        let resp = syscall("syscall", libc::SYS_read, &[fd, 0, 5], bufs, &[]).unwrap();
+        assert_eq!(
+            resp,
+            Response::Syscall {
+                ret: 3,
+                bufs: vec![b"abc--".to_vec()],
+                outputs: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn writev_follows_a_patched_pointer() {
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let fd = theirs.as_raw_fd() as u64;
+        let bufs = vec![SyscallBuf {
+            arg_idx: 1,
+            data: iovec(5),
+        }];
+        let resp = syscall(
+            "syscall",
+            libc::SYS_writev,
+            &[fd, 0, 1],
+            bufs,
+            &[ptr(1, 0, 5, b"hello", false)],
+        )
+        .unwrap();
+        assert_eq!(ret_of(&resp), 5);
+        let mut got = [0u8; 5];
+        ours.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+    }
+
+    #[test]
+    fn readv_fills_an_output_patch() {
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        ours.write_all(b"xyz").unwrap();
+        let fd = theirs.as_raw_fd() as u64;
+        let bufs = vec![SyscallBuf {
+            arg_idx: 1,
+            data: iovec(4),
+        }];
+        let resp = syscall(
+            "syscall",
+            libc::SYS_readv,
+            &[fd, 0, 1],
+            bufs,
+            &[ptr(1, 0, 4, b"", true)],
+        )
+        .unwrap();
+        let Response::Syscall { ret, outputs, .. } = resp else {
+            panic!("{resp:?}")
+        };
+        assert_eq!(ret, 3);
+        assert_eq!(outputs, vec![b"xyz\0".to_vec()]);
+    }
+
+    #[test]
+    fn an_invalid_plan_calls_nothing() {
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let fd = theirs.as_raw_fd() as u64;
+        let bufs = vec![SyscallBuf {
+            arg_idx: 1,
+            data: b"never sent".to_vec(),
+        }];
+        let err = syscall(
+            "syscall",
+            libc::SYS_write,
+            &[fd, 0, 10],
+            bufs,
+            &[ptr(1, 4, 1, b"", false)],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("offset 4 does not fit"), "{err}");
+        ours.set_nonblocking(true).unwrap();
+        let mut got = [0u8; 16];
+        assert_eq!(
+            ours.read(&mut got).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+    }
+
+    #[test]
+    fn legacy_ioctl_returns_its_argument() {
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        ours.write_all(b"1234567").unwrap();
+        let resp = ioctl(theirs.as_raw_fd(), libc::FIONREAD, Some(vec![0xff; 4]));
+        assert_eq!(
+            resp,
+            Response::Ioctl {
+                ret: 0,
+                data: Some(7i32.to_le_bytes().to_vec()),
+            }
+        );
+    }
+
+    #[test]
+    fn write_only_ioctl_returns_no_argument() {
+        // _IOW('T', 0x31, int): TIOCSPTLCK, which a socket refuses.
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let resp = ioctl(ours.as_raw_fd(), 0x4004_5431, Some(vec![0; 4]));
+        assert_eq!(
+            resp,
+            Response::Ioctl {
+                ret: -i64::from(libc::ENOTTY),
+                data: None,
+            }
+        );
+        let resp = ioctl(ours.as_raw_fd(), 0x4004_5431, None);
+        assert_eq!(ret_of(&resp), -i64::from(libc::ENOTTY));
+    }
+
+    #[test]
+    fn ioctl_buf_passes_the_struct_by_pointer() {
+        // FIONREAD through IoctlBuf: the kernel writes the count into the struct.
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        ours.write_all(b"12").unwrap();
+        let resp = ioctl_buf(theirs.as_raw_fd(), libc::FIONREAD, vec![0; 4], &[]).unwrap();
+        assert_eq!(
+            resp,
+            Response::Syscall {
+                ret: 0,
+                bufs: vec![2i32.to_le_bytes().to_vec()],
+                outputs: vec![],
+            }
+        );
+    }
 }

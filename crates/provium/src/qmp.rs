@@ -48,6 +48,56 @@ pub enum QmpError {
     },
 }
 
+/// One line QEMU sends, classified. Parsing is kept apart from the socket so that it
+/// can be tested and fuzzed alone (`fuzz/`, target `qmp`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum QmpMessage {
+    /// `{"QMP": {...}}`, the first line of a session.
+    Greeting(Value),
+    /// `{"return": value}`: a command succeeded.
+    Return(Value),
+    /// `{"error": {"class": ..., "desc": ...}}`: a command failed. A missing or
+    /// non-string field reads as empty.
+    Error { class: String, desc: String },
+    /// `{"event": "NAME", ...}`: the whole object, kept for `wait_event`.
+    Event { name: String, message: Value },
+}
+
+impl QmpMessage {
+    /// Parses one line (its newline and surrounding blanks allowed). `None` when it
+    /// is not JSON or none of the above; the caller reports the line itself. A line
+    /// with several keys is taken as the first of return, error, event, greeting.
+    pub fn parse(line: &str) -> Option<QmpMessage> {
+        let message: Value = serde_json::from_str(line.trim()).ok()?;
+        if let Some(value) = message.get("return") {
+            return Some(QmpMessage::Return(value.clone()));
+        }
+        if let Some(error) = message.get("error") {
+            let field = |name: &str| {
+                error
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            return Some(QmpMessage::Error {
+                class: field("class"),
+                desc: field("desc"),
+            });
+        }
+        if let Some(name) = message.get("event").and_then(Value::as_str) {
+            return Some(QmpMessage::Event {
+                name: name.to_string(),
+                message,
+            });
+        }
+        if message.get("QMP").is_some() {
+            return Some(QmpMessage::Greeting(message));
+        }
+        None
+    }
+}
+
 /// A connected QMP session in command mode.
 pub struct Qmp {
     path: PathBuf,
@@ -99,7 +149,7 @@ impl Qmp {
             events: VecDeque::new(),
         };
         let greeting = qmp.read_message(start + timeout, timeout, "the QMP greeting")?;
-        if greeting.get("QMP").is_none() {
+        if !matches!(greeting, QmpMessage::Greeting(_)) {
             return Err(qmp.protocol(&greeting));
         }
         qmp.execute(
@@ -158,30 +208,19 @@ impl Qmp {
     ) -> Result<Value, QmpError> {
         let what = format!("the reply to '{command}'");
         loop {
-            let message = self.read_message(deadline, timeout, &what)?;
-            if let Some(value) = message.get("return") {
-                return Ok(value.clone());
+            match self.read_message(deadline, timeout, &what)? {
+                QmpMessage::Return(value) => return Ok(value),
+                QmpMessage::Error { class, desc } => {
+                    return Err(QmpError::Command {
+                        path: self.path.clone(),
+                        command: command.to_string(),
+                        class,
+                        desc,
+                    })
+                }
+                QmpMessage::Event { message, .. } => self.events.push_back(message),
+                other => return Err(self.protocol(&other)),
             }
-            if let Some(error) = message.get("error") {
-                let field = |name: &str| {
-                    error
-                        .get(name)
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string()
-                };
-                return Err(QmpError::Command {
-                    path: self.path.clone(),
-                    command: command.to_string(),
-                    class: field("class"),
-                    desc: field("desc"),
-                });
-            }
-            if message.get("event").is_some() {
-                self.events.push_back(message);
-                continue;
-            }
-            return Err(self.protocol(&message));
         }
     }
 
@@ -198,11 +237,13 @@ impl Qmp {
         let deadline = Instant::now() + timeout;
         let what = format!("event {name}");
         loop {
-            let message = self.read_message(deadline, timeout, &what)?;
-            match message.get("event").and_then(Value::as_str) {
-                Some(event) if event == name => return Ok(message),
-                Some(_) => self.events.push_back(message),
-                None => return Err(self.protocol(&message)),
+            match self.read_message(deadline, timeout, &what)? {
+                QmpMessage::Event {
+                    name: event,
+                    message,
+                } if event == name => return Ok(message),
+                QmpMessage::Event { message, .. } => self.events.push_back(message),
+                other => return Err(self.protocol(&other)),
             }
         }
     }
@@ -233,7 +274,7 @@ impl Qmp {
         deadline: Instant,
         timeout: Duration,
         what: &str,
-    ) -> Result<Value, QmpError> {
+    ) -> Result<QmpMessage, QmpError> {
         let mut line = String::new();
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -269,7 +310,7 @@ impl Qmp {
                 Err(source) => return Err(self.io(format!("read {what}"), source)),
             }
         }
-        serde_json::from_str(line.trim()).map_err(|_| QmpError::Protocol {
+        QmpMessage::parse(&line).ok_or_else(|| QmpError::Protocol {
             path: self.path.clone(),
             message: line.trim().to_string(),
         })
@@ -283,10 +324,16 @@ impl Qmp {
         }
     }
 
-    fn protocol(&self, message: &Value) -> QmpError {
+    fn protocol(&self, message: &QmpMessage) -> QmpError {
+        let message = match message {
+            QmpMessage::Greeting(value) => value.to_string(),
+            QmpMessage::Return(value) => json!({ "return": value }).to_string(),
+            QmpMessage::Event { message, .. } => message.to_string(),
+            QmpMessage::Error { class, desc } => format!("error {class}: {desc}"),
+        };
         QmpError::Protocol {
             path: self.path.clone(),
-            message: message.to_string(),
+            message,
         }
     }
 }
@@ -391,6 +438,67 @@ mod tests {
         let received = server.join().unwrap();
         assert_eq!(received[0], r#"{"execute":"qmp_capabilities"}"#);
         assert_eq!(received[2], r#"{"arguments":{"x":1},"execute":"bogus"}"#);
+    }
+
+    #[test]
+    fn lines_parse_into_their_kind() {
+        let greeting = r#"{"QMP": {"version": {"qemu": {"major": 10}}, "capabilities": ["oob"]}}"#;
+        assert_eq!(
+            QmpMessage::parse(greeting),
+            Some(QmpMessage::Greeting(
+                serde_json::from_str(greeting).unwrap()
+            ))
+        );
+        assert_eq!(
+            QmpMessage::parse("{\"return\": {\"status\": \"paused\"}}\r\n"),
+            Some(QmpMessage::Return(json!({"status": "paused"})))
+        );
+        assert_eq!(
+            QmpMessage::parse(r#"{"error": {"class": "GenericError", "desc": "no"}, "id": 1}"#),
+            Some(QmpMessage::Error {
+                class: "GenericError".into(),
+                desc: "no".into()
+            })
+        );
+        assert_eq!(
+            QmpMessage::parse(r#"{"error": {"class": 7}}"#),
+            Some(QmpMessage::Error {
+                class: String::new(),
+                desc: String::new()
+            })
+        );
+        let event = r#"{"event": "MIGRATION", "data": {"status": "completed"}, "timestamp": {"seconds": 1, "microseconds": 2}}"#;
+        assert_eq!(
+            QmpMessage::parse(event),
+            Some(QmpMessage::Event {
+                name: "MIGRATION".into(),
+                message: serde_json::from_str(event).unwrap()
+            })
+        );
+    }
+
+    #[test]
+    fn lines_of_no_known_kind_are_none() {
+        for line in [
+            "",
+            "\n",
+            "not json",
+            "{\"return\": ",
+            "[]",
+            "42",
+            "{}",
+            r#"{"event": 5}"#,
+            r#"{"execute": "quit"}"#,
+        ] {
+            assert_eq!(QmpMessage::parse(line), None, "{line:?}");
+        }
+        // Deep nesting is refused by serde_json's recursion limit, not a stack overflow.
+        let deep = format!(
+            "{{\"return\": {}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(QmpMessage::parse(&deep), None);
     }
 
     #[test]

@@ -209,7 +209,7 @@ pub fn status_line(
         .iter()
         .map(|(name, since)| (name.as_str(), since.elapsed()))
         .collect();
-    files.sort_by(|a, b| b.1.cmp(&a.1));
+    files.sort_by_key(|f| std::cmp::Reverse(f.1));
     for (i, (name, ran)) in files.iter().enumerate() {
         let part = format!(
             "{}{name} {}s",
