@@ -218,6 +218,84 @@ pub struct Pool {
     meminfo: Box<dyn MemInfoSource>,
     state: Mutex<State>,
     changed: Condvar,
+    /// Auto mode: how many VMs may boot at once (see [`BootGate`]).
+    boots: Option<BootGate>,
+}
+
+/// How a VM boots, which decides how much of the host's CPU its boot takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootCost {
+    /// Under TCG a booting guest keeps one host core busy from start to finish.
+    Emulated,
+    /// Under KVM a boot is far lighter: two share a core.
+    Accelerated,
+}
+
+/// Lets at most as many VMs *boot* at once as the host can serve: boot is the
+/// CPU-heavy part of a VM's life under TCG, and boots that starve each other of CPU
+/// all miss their deadlines together (24 boots on 2 cores: none made it). A slot is
+/// held for the boot alone — never while the file waits for anything else — so the
+/// gate can delay a boot but never deadlock or fail a file. Capacity is counted in
+/// half cores: a TCG boot takes two units, a KVM boot one.
+#[derive(Debug)]
+pub struct BootGate {
+    capacity: u32,
+    busy: Mutex<u32>,
+    freed: Condvar,
+}
+
+/// How often a boot waiting for the gate checks whether its file must stop.
+const BOOT_GATE_RECHECK: Duration = Duration::from_millis(100);
+
+impl BootGate {
+    /// A gate for a host with `cores` cores.
+    pub fn new(cores: usize) -> BootGate {
+        BootGate {
+            capacity: u32::try_from(cores.max(1) * 2).unwrap_or(u32::MAX),
+            busy: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for room for a boot of `cost`; the slot is held until the guard drops.
+    pub fn enter(&self, cost: BootCost) -> Result<Booting<'_>, crate::cancel::Stop> {
+        let units = match cost {
+            BootCost::Emulated => 2.min(self.capacity),
+            BootCost::Accelerated => 1,
+        };
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy + units > self.capacity {
+            crate::cancel::checkpoint()?;
+            busy = self
+                .freed
+                .wait_timeout(busy, BOOT_GATE_RECHECK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *busy += units;
+        Ok(Booting { gate: self, units })
+    }
+
+    /// Boots under way, in units (two per TCG boot).
+    pub fn busy(&self) -> u32 {
+        *self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A boot slot, returned when dropped (the boot ended, however it ended).
+#[derive(Debug)]
+pub struct Booting<'a> {
+    gate: &'a BootGate,
+    units: u32,
+}
+
+impl Drop for Booting<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.gate.busy.lock().unwrap_or_else(|e| e.into_inner());
+        *busy -= self.units;
+        drop(busy);
+        self.gate.freed.notify_all();
+    }
 }
 
 #[derive(Default)]
@@ -397,13 +475,25 @@ impl Pool {
         options: PoolOptions,
         meminfo: Box<dyn MemInfoSource>,
     ) -> Arc<Pool> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Arc::new(Pool {
+            boots: (mode == PoolMode::Auto).then(|| BootGate::new(cores)),
             mode,
             options,
             meminfo,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         })
+    }
+
+    /// Waits, in auto mode, until the host can serve one more boot of `cost`; the
+    /// guard is held for the boot alone. Fixed mode boots at once (its `--cpus`
+    /// budget is the user's call).
+    pub fn begin_boot(&self, cost: BootCost) -> Result<Option<Booting<'_>>, crate::cancel::Stop> {
+        match &self.boots {
+            Some(gate) => gate.enter(cost).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn mode(&self) -> PoolMode {
@@ -1143,5 +1233,37 @@ mod tests {
         assert!(matches!(err, PoolError::Stalled { .. }), "{text}");
         assert!(text.contains("MemAvailable 1000M"), "{text}");
         assert_eq!(pool.usage(), Usage::default());
+    }
+
+    #[test]
+    fn the_boot_gate_never_lets_more_boots_run_than_the_cores_serve() {
+        let gate = Arc::new(BootGate::new(2));
+        let peak = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let threads: Vec<_> = (0..24)
+            .map(|i| {
+                let gate = Arc::clone(&gate);
+                let peak = Arc::clone(&peak);
+                std::thread::spawn(move || {
+                    let cost = if i % 3 == 0 {
+                        BootCost::Accelerated
+                    } else {
+                        BootCost::Emulated
+                    };
+                    let _booting = gate.enter(cost).unwrap();
+                    peak.fetch_max(gate.busy(), std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(5));
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert!(peak.load(std::sync::atomic::Ordering::SeqCst) <= 4);
+        assert_eq!(gate.busy(), 0, "every slot came back");
+        // A one-core host still boots (one TCG boot at a time).
+        let small = BootGate::new(1);
+        let first = small.enter(BootCost::Emulated).unwrap();
+        drop(first);
+        assert!(small.enter(BootCost::Emulated).is_ok());
     }
 }

@@ -52,6 +52,17 @@ pub(super) fn boot_options(vm: &str, opts: &Value, root: &Path) -> Result<BootOp
             }
         }
     }
+    match get("append")? {
+        Value::Nil => {}
+        value => options.append = args::text("boot", &value, "append")?,
+    }
+    match get("boot_timeout")? {
+        Value::Nil => {}
+        value => {
+            options.boot_timeout = super::framework::lua_duration(&value)
+                .map_err(|e| bad(format!("boot_timeout {e}")))?
+        }
+    }
     match get("disks")? {
         Value::Nil => {}
         value => {
@@ -172,7 +183,7 @@ mod tests {
         let cases = [
             (
                 "{ memroy = '1G' }",
-                "VM v: boot: unknown option 'memroy' (known options: memory, cpus, files, disks)",
+                "VM v: boot: unknown option 'memroy' (known options: memory, cpus, files, disks, append, boot_timeout)",
             ),
             ("{ memory = '1T' }", "invalid size '1T'"),
             ("{ memory = '0' }", "zero is not a size"),

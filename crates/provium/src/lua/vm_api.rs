@@ -175,6 +175,12 @@ fn boot(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
     config.cpus = options.cpus;
     config.files = options.files;
     config.disks = options.disks;
+    config.boot_timeout = options.boot_timeout;
+    if !options.append.is_empty() {
+        config.profile.append = format!("{} {}", config.profile.append, options.append)
+            .trim()
+            .to_string();
+    }
     let started = Instant::now();
     match Vm::start(ctx.pool_slot(), StartFrom::Boot(Box::new(config))) {
         Ok(vm) => {

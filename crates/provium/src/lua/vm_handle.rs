@@ -205,6 +205,7 @@ mod tests {
         let boot = VmApiError::Start(StartError::Boot(Box::new(BootError::Timeout {
             vm: "a.lua#1".into(),
             timeout: Duration::from_secs(30),
+            load: None,
             console_log: "/r/vm1/console.log".into(),
             console_tail: String::new(),
         })));

@@ -21,6 +21,9 @@ use super::{AgentChannel, CONSOLE_TAIL_LINES};
 use crate::cancel;
 use crate::vm::client::EXIT_EVIDENCE_WAIT;
 
+/// Why a handshake attempt gave up on a guest whose console stopped printing.
+const WENT_SILENT: &str = "the console went silent";
+
 /// Numbers the VMs' directories (`vm<N>/`) within the process.
 static NEXT_VM: AtomicU32 = AtomicU32::new(1);
 
@@ -58,10 +61,23 @@ pub enum BootError {
         console_log: PathBuf,
         console_tail: String,
     },
-    #[error("VM {vm}: the agent did not answer within {timeout:?} (boot timeout)")]
+    /// The console was silent for the boot timeout and the agent had not answered:
+    /// the guest stopped making progress.
+    #[error("VM {vm}: the console was silent for {} and the agent had not answered (boot timeout){}", crate::duration::show(*.timeout), load_note(.load))]
     Timeout {
         vm: String,
         timeout: Duration,
+        /// The host's load and cores, when it was saturated.
+        load: Option<(f64, usize)>,
+        console_log: PathBuf,
+        console_tail: String,
+    },
+    /// The guest kept printing but its agent never answered within the ceiling.
+    #[error("VM {vm}: the agent did not answer within {} although the console kept printing (boot ceiling){}", crate::duration::show(*.ceiling), load_note(.load))]
+    Ceiling {
+        vm: String,
+        ceiling: Duration,
+        load: Option<(f64, usize)>,
         console_log: PathBuf,
         console_tail: String,
     },
@@ -94,6 +110,32 @@ pub enum BootError {
     },
 }
 
+fn load_note(load: &Option<(f64, usize)>) -> String {
+    match load {
+        Some((load, cores)) => format!(
+            "; the host was saturated: load {load:.1} on {cores} core{}",
+            if *cores == 1 { "" } else { "s" }
+        ),
+        None => String::new(),
+    }
+}
+
+/// The host's 1-minute load average and core count, when the load exceeds the cores.
+fn saturation() -> Option<(f64, usize)> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    let load: f64 = text.split_whitespace().next()?.parse().ok()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (load > cores as f64).then_some((load, cores))
+}
+
+/// How long a boot may take: `silence` without console output (the guest stopped
+/// making progress), and `ceiling` in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootLimits {
+    pub silence: Duration,
+    pub ceiling: Duration,
+}
+
 impl BootError {
     /// The console log of the VM that failed to boot, when QEMU ran.
     pub fn console_log(&self) -> Option<&Path> {
@@ -101,6 +143,7 @@ impl BootError {
             BootError::QemuExited { console_log, .. }
             | BootError::KernelPanic { console_log, .. }
             | BootError::Timeout { console_log, .. }
+            | BootError::Ceiling { console_log, .. }
             | BootError::Socket { console_log, .. }
             | BootError::Handshake { console_log, .. }
             | BootError::Resume { console_log, .. } => Some(console_log),
@@ -114,6 +157,7 @@ impl BootError {
             BootError::QemuExited { console_tail, .. }
             | BootError::KernelPanic { console_tail, .. }
             | BootError::Timeout { console_tail, .. }
+            | BootError::Ceiling { console_tail, .. }
             | BootError::Socket { console_tail, .. }
             | BootError::Handshake { console_tail, .. }
             | BootError::Resume { console_tail, .. } => Some(console_tail),
@@ -145,16 +189,18 @@ pub(super) struct Started {
     pub channel: AgentChannel,
 }
 
-/// Launches `spec` and waits (until `deadline`) for the agent's handshake. With
+/// Launches `spec` and waits for the agent's handshake while the guest makes
+/// progress: the boot fails when the console has been silent for `limits.silence`
+/// (or QEMU exits, or the kernel panics), and at `limits.ceiling` in any case. With
 /// `incoming`, QEMU starts paused (`spec.resume`), the snapshot's stream is loaded
 /// and the guest continued before the handshake. Any failure is classified with
 /// QEMU's evidence; QEMU never outlives a failure.
 pub(super) fn start(
     spec: &LaunchSpec,
     incoming: Option<&Path>,
-    deadline: Instant,
-    timeout: Duration,
+    limits: BootLimits,
 ) -> Result<Started, BootError> {
+    let deadline = Instant::now() + limits.ceiling;
     let mut qemu = Qemu::launch(spec)?;
     if let Some(state) = incoming {
         if let Err(source) = snapshot::load(&mut qemu, state, deadline) {
@@ -169,7 +215,7 @@ pub(super) fn start(
             });
         }
     }
-    match handshake(&spec.vm, &qemu, deadline) {
+    match handshake(&spec.vm, &qemu, deadline, limits.silence) {
         Ok((link, channel)) => Ok(Started {
             qemu,
             link,
@@ -180,7 +226,7 @@ pub(super) fn start(
                 vm: spec.vm.clone(),
                 reason: stop.to_string(),
             },
-            Ok(()) => classify(&spec.vm, &mut qemu, failure, timeout),
+            Ok(()) => classify(&spec.vm, &mut qemu, failure, limits),
         }),
     }
 }
@@ -197,9 +243,11 @@ fn handshake(
     vm: &str,
     qemu: &Qemu,
     deadline: Instant,
+    silence: Duration,
 ) -> Result<(Link, AgentChannel), HandshakeFailure> {
+    // QEMU creates its sockets as it starts: the boot timeout is plenty for them.
     let (virtio, uart) = qemu
-        .connect_agent_sockets(deadline)
+        .connect_agent_sockets((Instant::now() + silence).min(deadline))
         .map_err(HandshakeFailure::Connect)?;
     let attempts = [
         (AgentChannel::VirtioSerial, virtio),
@@ -217,6 +265,7 @@ fn handshake(
     let handshaking = Arc::new(AtomicBool::new(true));
     for (index, (channel, stream)) in attempts.into_iter().enumerate() {
         let vm_liveness = qemu.liveness();
+        let quiet = qemu.silence_watch();
         let cancel = Arc::clone(&cancels[index]);
         let file = file.clone();
         let handshaking = Arc::clone(&handshaking);
@@ -227,6 +276,9 @@ fn handshake(
             if handshaking.load(Ordering::Acquire) {
                 if let Some(Err(stop)) = file.as_ref().map(|f| f.check()) {
                     return Some(stop.to_string());
+                }
+                if quiet() >= silence {
+                    return Some(WENT_SILENT.to_string());
                 }
             }
             vm_liveness()
@@ -277,7 +329,7 @@ fn handshake(
 }
 
 /// Turns a failed handshake into the most telling boot error (the caller drops QEMU).
-fn classify(vm: &str, qemu: &mut Qemu, failure: HandshakeFailure, timeout: Duration) -> BootError {
+fn classify(vm: &str, qemu: &mut Qemu, failure: HandshakeFailure, limits: BootLimits) -> BootError {
     // A reset socket usually means QEMU is exiting; its stdout closes a moment later.
     // Reaping it joins the console thread, so the log and panic line are complete.
     let looks_dead = qemu.dead_reason().is_some()
@@ -295,6 +347,10 @@ fn classify(vm: &str, qemu: &mut Qemu, failure: HandshakeFailure, timeout: Durat
     };
     let console_log = qemu.console_path().to_path_buf();
     let console_tail = qemu.console_tail(CONSOLE_TAIL_LINES);
+    let went_silent = qemu.console_silence() >= limits.silence
+        || matches!(&failure, HandshakeFailure::Link(errors) if errors.iter().any(
+            |e| matches!(e, LinkError::VmDead { reason, .. } if reason == WENT_SILENT)
+        ));
     if let Some(panic) = qemu.panic_line() {
         BootError::KernelPanic {
             vm: vm.to_string(),
@@ -336,9 +392,17 @@ fn classify(vm: &str, qemu: &mut Qemu, failure: HandshakeFailure, timeout: Durat
                 console_log,
                 console_tail,
             },
-            None => BootError::Timeout {
+            None if went_silent => BootError::Timeout {
                 vm: vm.to_string(),
-                timeout,
+                timeout: limits.silence,
+                load: saturation(),
+                console_log,
+                console_tail,
+            },
+            None => BootError::Ceiling {
+                vm: vm.to_string(),
+                ceiling: limits.ceiling,
+                load: saturation(),
                 console_log,
                 console_tail,
             },
@@ -365,6 +429,34 @@ mod tests {
              QEMU stderr: qemu-system-x86_64: -m 0M: bad size"
         );
         assert_eq!(error.console_log(), Some(Path::new("/r/vm1/console.log")));
+    }
+
+    #[test]
+    fn timeouts_name_the_silence_or_the_ceiling_and_a_saturated_host() {
+        let silent = BootError::Timeout {
+            vm: "a.lua#1".into(),
+            timeout: Duration::from_secs(30),
+            load: Some((7.9, 2)),
+            console_log: "/r/vm1/console.log".into(),
+            console_tail: String::new(),
+        };
+        assert_eq!(
+            silent.to_string(),
+            "VM a.lua#1: the console was silent for 30s and the agent had not answered \
+             (boot timeout); the host was saturated: load 7.9 on 2 cores"
+        );
+        let ceiling = BootError::Ceiling {
+            vm: "a.lua#1".into(),
+            ceiling: Duration::from_secs(300),
+            load: None,
+            console_log: "/r/vm1/console.log".into(),
+            console_tail: String::new(),
+        };
+        assert_eq!(
+            ceiling.to_string(),
+            "VM a.lua#1: the agent did not answer within 300s although the console kept \
+             printing (boot ceiling)"
+        );
     }
 
     #[test]

@@ -27,16 +27,20 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::pool::{FileSlot, PoolError};
+use crate::pool::{BootCost, FileSlot, PoolError};
 use crate::shim::{InjectedFile, AGENT_PATH};
 pub use boot::BootError;
+use boot::BootLimits;
 pub use client::{AgentClient, ClientError, ExecOutput};
 use link::Link;
 use qemu::{DiskFormat, Drive, LaunchSpec, Qemu, QemuError};
 use snapshot::{MigrationError, Origin, OwnedFile, Snapshot};
 
-/// Boot deadline from QEMU launch to a ready agent (SPEC §3).
+/// How long a booting guest's console may stay silent before the boot fails (SPEC §3's
+/// 30 s boot timeout, measured as progress rather than wall time).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a boot may take however busily the guest prints.
+pub const DEFAULT_BOOT_CEILING: Duration = Duration::from_secs(300);
 /// How long `shutdown` waits for the guest to power off before killing QEMU.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The deadline of each agent operation (exec, file transfer, ...).
@@ -101,7 +105,10 @@ pub struct VmConfig {
     pub cpus: u32,
     pub files: Vec<InjectedFile>,
     pub disks: Vec<Disk>,
+    /// Console silence after which a boot fails.
     pub boot_timeout: Duration,
+    /// The most a boot may take in all.
+    pub boot_ceiling: Duration,
     /// Deadline for each agent operation (exec, file transfer, ...).
     pub op_timeout: Duration,
 }
@@ -120,6 +127,7 @@ impl VmConfig {
             files: Vec::new(),
             disks: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            boot_ceiling: DEFAULT_BOOT_CEILING,
             op_timeout: DEFAULT_OP_TIMEOUT,
         }
     }
@@ -208,8 +216,24 @@ impl Vm {
                 (name.to_string(), snapshot.memory_mib(), snapshot.cpus())
             }
         };
+        let cost = match &from {
+            StartFrom::Boot(config) => config.use_kvm,
+            StartFrom::Resume { snapshot, .. } => snapshot.origin().launch.use_kvm,
+        };
+        let cost = if cost {
+            BootCost::Accelerated
+        } else {
+            BootCost::Emulated
+        };
         // The VM holds one reference until it stops; ours marks the boot done.
         let lease = Arc::new(slot.acquire(memory_mib, cpus, &format!("VM {name}"))?);
+        // Held for the boot alone: the CPU-heavy part.
+        let _booting = slot.pool().begin_boot(cost).map_err(|stop| {
+            Box::new(BootError::Stopped {
+                vm: name.clone(),
+                reason: stop.to_string(),
+            })
+        })?;
         let held: Lease = Box::new(Arc::clone(&lease));
         let vm = match from {
             StartFrom::Boot(config) => Vm::boot(*config, Some(held)),
@@ -288,12 +312,11 @@ impl Vm {
             drives,
             resume: false,
         };
-        let started = boot::start(
-            &spec,
-            None,
-            start + config.boot_timeout,
-            config.boot_timeout,
-        );
+        let limits = BootLimits {
+            silence: config.boot_timeout,
+            ceiling: config.boot_ceiling.saturating_sub(start.elapsed()),
+        };
+        let started = boot::start(&spec, None, limits);
         match started {
             Ok(started) => Ok(Vm::assemble(
                 config.name,
@@ -330,12 +353,11 @@ impl Vm {
         launch.vm = name.to_string();
         launch.dir = boot::vm_dir(run_dir, name)?;
         launch.resume = true;
-        let started = boot::start(
-            &launch,
-            Some(snapshot.path()),
-            start + origin.boot_timeout,
-            origin.boot_timeout,
-        )?;
+        let limits = BootLimits {
+            silence: origin.boot_timeout,
+            ceiling: DEFAULT_BOOT_CEILING.saturating_sub(start.elapsed()),
+        };
+        let started = boot::start(&launch, Some(snapshot.path()), limits)?;
         launch.resume = false;
         Ok(Vm::assemble(
             name.to_string(),

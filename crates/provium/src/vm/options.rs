@@ -12,7 +12,7 @@ pub const DEFAULT_MEMORY_MIB: u64 = 512;
 /// vCPUs when a boot does not say.
 pub const DEFAULT_CPUS: u32 = 1;
 /// The option names `vm:boot` accepts, in the order errors list them.
-pub const BOOT_OPTIONS: [&str; 4] = ["memory", "cpus", "files", "disks"];
+pub const BOOT_OPTIONS: [&str; 6] = ["memory", "cpus", "files", "disks", "append", "boot_timeout"];
 
 /// A boot's options after parsing; relative host paths already resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,10 @@ pub struct BootOptions {
     /// Sorted by guest path.
     pub files: Vec<InjectedFile>,
     pub disks: Vec<Disk>,
+    /// Extra kernel command line for this boot, after the profile's.
+    pub append: String,
+    /// How long the console may stay silent before the boot fails.
+    pub boot_timeout: std::time::Duration,
 }
 
 impl Default for BootOptions {
@@ -31,6 +35,8 @@ impl Default for BootOptions {
             cpus: DEFAULT_CPUS,
             files: Vec::new(),
             disks: Vec::new(),
+            append: String::new(),
+            boot_timeout: super::DEFAULT_BOOT_TIMEOUT,
         }
     }
 }
@@ -44,6 +50,9 @@ impl BootOptions {
         }
         if self.cpus == 0 {
             return Err("cpus must be at least 1, not 0".to_string());
+        }
+        if self.boot_timeout.is_zero() {
+            return Err("boot_timeout must be more than 0".to_string());
         }
         for file in &self.files {
             check_guest_path(&file.guest_path).map_err(|e| format!("files: {e}"))?;

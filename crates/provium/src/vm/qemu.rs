@@ -127,6 +127,8 @@ pub enum QemuError {
 struct ConsoleState {
     /// QEMU closed its stdout: it has exited.
     closed: AtomicBool,
+    /// When the guest last printed anything (set at launch, before any output).
+    last_output: Mutex<Option<Instant>>,
     /// The first kernel panic line seen.
     panic: Mutex<Option<String>>,
     /// The agent's line saying its serving process died, once seen.
@@ -279,6 +281,10 @@ impl Qemu {
         procs::register(pid);
 
         let console = Arc::new(ConsoleState::default());
+        *console
+            .last_output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let stdout = child.stdout.take().expect("stdout is piped");
         let thread_state = Arc::clone(&console);
         let console_thread = std::thread::Builder::new()
@@ -324,6 +330,17 @@ impl Qemu {
     /// Why the VM can no longer answer, if it cannot.
     pub fn dead_reason(&self) -> Option<String> {
         dead_reason(&self.console)
+    }
+
+    /// How long the console has been silent (since the launch when it never spoke).
+    pub fn console_silence(&self) -> Duration {
+        silence(&self.console)
+    }
+
+    /// A check of the console's silence for waits on other threads.
+    pub fn silence_watch(&self) -> impl Fn() -> Duration + Send + Sync + 'static {
+        let console = Arc::clone(&self.console);
+        move || silence(&console)
     }
 
     /// The kernel panic line, once one appeared on the console.
@@ -467,6 +484,14 @@ pub enum ConnectError {
     Timeout { path: PathBuf, error: io::Error },
 }
 
+fn silence(console: &ConsoleState) -> Duration {
+    console
+        .last_output
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .map_or(Duration::ZERO, |at| at.elapsed())
+}
+
 fn dead_reason(console: &ConsoleState) -> Option<String> {
     if let Some(line) = console
         .panic
@@ -574,6 +599,7 @@ fn read_console(mut stdout: impl Read, log: File, state: &ConsoleState) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
+        *state.last_output.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let chunk: Vec<u8> = buf[..n].iter().copied().filter(|&b| b != b'\r').collect();
         let _ = log.write_all(&chunk);
         let _ = log.flush();
