@@ -90,6 +90,10 @@ impl RunContext {
 
 /// Where run directories go when `PROVIUM_RUNS_DIR` is not set.
 pub const DEFAULT_RUNS_PARENT: &str = "/tmp/provium-runs";
+/// Finished run directories kept (the newest), unless `PROVIUM_KEEP_RUNS` says.
+pub const DEFAULT_KEEP_RUNS: usize = 20;
+/// In a run directory while its run lives: the pid and start time of its provium.
+const OWNER_FILE: &str = ".provium-run";
 /// Run ids are base-36; 8 digits keep socket paths short and collisions rare
 /// (and a collision only costs a retry: directory creation is exclusive).
 const RUN_ID_LEN: usize = 8;
@@ -138,7 +142,19 @@ impl RunDir {
             // Exclusive creation is what makes concurrent runs safe: the loser of a
             // race gets EEXIST and simply draws another id.
             match DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(RunDir { path, id }),
+                Ok(()) => {
+                    // A run killed without its cleanup is known by this file: the
+                    // next run finds its owner gone and removes the directory.
+                    let me = std::process::id();
+                    let owner = format!("{me} {}\n", process_start(me).unwrap_or(0));
+                    fs::write(path.join(OWNER_FILE), owner).map_err(|source| {
+                        RunsError::CreateRun {
+                            parent: parent.to_path_buf(),
+                            source,
+                        }
+                    })?;
+                    return Ok(RunDir { path, id });
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_error = Some(e),
                 Err(source) => {
                     return Err(RunsError::CreateRun {
@@ -177,11 +193,91 @@ impl RunDir {
         }
     }
 
-    /// Removes the run directory if nothing is left in it (every file passed and the
-    /// VM code cleaned up after itself); a directory with anything in it is kept.
-    pub fn remove_if_empty(&self) -> bool {
+    /// Ends the run's hold on its directory, and removes the directory if nothing is
+    /// left in it (every file passed and the VM code cleaned up after itself); a
+    /// directory with logs in it is kept.
+    pub fn finish(&self) -> bool {
+        let _ = fs::remove_file(self.path.join(OWNER_FILE));
         fs::remove_dir(&self.path).is_ok()
     }
+}
+
+/// When process `pid` started (clock ticks after boot, /proc/PID/stat field 22): with
+/// the pid, it tells a live provium from a later process that reused its pid.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the run that made `dir` still runs: `None` when it finished (no owner
+/// file), else whether its provium is alive.
+fn owner_alive(dir: &Path) -> Option<bool> {
+    let owner = fs::read_to_string(dir.join(OWNER_FILE)).ok()?;
+    let mut parts = owner.split_whitespace();
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let start: u64 = parts.next()?.parse().ok()?;
+    Some(process_start(pid) == Some(start))
+}
+
+/// How many finished run directories to keep: `PROVIUM_KEEP_RUNS`, else 20.
+pub fn keep_runs() -> usize {
+    std::env::var("PROVIUM_KEEP_RUNS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_KEEP_RUNS)
+}
+
+/// Bounds what runs leave under `parent`: directories of runs killed without their
+/// cleanup (their provium is gone) are removed, and of the finished ones the newest
+/// `keep` stay, with every one a failure record points at (what `--rerun-failed` and
+/// its logs need). Returns the directories removed.
+pub fn sweep(parent: &Path, keep: usize) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    let mut finished: Vec<(SystemTime, PathBuf)> = Vec::new();
+    let mut records: Vec<PathBuf> = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("last-") && name.ends_with(".json") {
+            if let Some(record) = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<FailureRecord>(&b).ok())
+            {
+                records.push(record.run_dir);
+            }
+            continue;
+        }
+        if !name.starts_with("run-") || !path.is_dir() {
+            continue;
+        }
+        match owner_alive(&path) {
+            Some(true) => {}
+            Some(false) => {
+                if fs::remove_dir_all(&path).is_ok() {
+                    removed.push(path);
+                }
+            }
+            None => {
+                let modified = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(UNIX_EPOCH);
+                finished.push((modified, path));
+            }
+        }
+    }
+    finished.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, path) in finished.into_iter().skip(keep) {
+        if !records.contains(&path) && fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
 }
 
 fn new_run_id() -> String {
@@ -428,7 +524,38 @@ mod tests {
         assert!(run.path().join("a/b/c.lua.log").is_file());
         log.delete(run.path());
         assert!(!run.path().join("a").exists());
-        assert!(run.remove_if_empty());
+        assert!(run.finish(), "only the owner file was left, and it goes");
+    }
+
+    #[test]
+    fn sweeping_removes_killed_runs_and_keeps_the_newest_and_the_recorded() {
+        let parent = tempfile::tempdir().unwrap();
+        let live = RunDir::create(parent.path()).unwrap();
+        // A run whose provium is gone: its owner file names a pid that is not running.
+        let killed = RunDir::create(parent.path()).unwrap();
+        fs::write(killed.path().join(OWNER_FILE), "999999999 1\n").unwrap();
+        fs::write(killed.path().join("fixture-1.snap"), "x").unwrap();
+        let mut finished = Vec::new();
+        for i in 0..5 {
+            let run = RunDir::create(parent.path()).unwrap();
+            fs::write(run.log_path(&format!("f{i}.lua")), "log").unwrap();
+            assert!(!run.finish(), "a run with a log keeps its directory");
+            let when = SystemTime::now() - std::time::Duration::from_secs(100 - i);
+            fs::File::open(run.path())
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+            finished.push(run.path().to_path_buf());
+        }
+        // The oldest is what --rerun-failed points at.
+        FailureRecord::new("/t".into(), finished[0].clone(), vec!["f0.lua".into()])
+            .save(parent.path())
+            .unwrap();
+        let removed = sweep(parent.path(), 2);
+        assert!(removed.contains(&killed.path().to_path_buf()));
+        assert!(live.path().exists(), "a live run is never touched");
+        let kept: Vec<bool> = finished.iter().map(|p| p.exists()).collect();
+        assert_eq!(kept, [true, false, false, true, true]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::discover::TestFile;
 use crate::pool::{Pool, PoolMode};
 use crate::report::{Event, PartitionInfo, RunSummary};
-use crate::runs::{RunContext, RunDir, RunEvents, RunsError};
+use crate::runs::{self, RunContext, RunDir, RunEvents, RunsError};
 use crate::vm::host::HostCache;
 pub use dispatch::DispatchOptions;
 pub use select::{select, Filters, Partition, SelectError, Selection};
@@ -38,6 +38,8 @@ pub struct RunPlan {
 /// [`Event::RunFinished`]). SIGINT and SIGTERM stop the run; whatever happens, no
 /// QEMU outlives it and its snapshots are deleted.
 pub fn run(plan: RunPlan, mut emit: impl FnMut(Event)) -> Result<RunSummary, RunsError> {
+    // What earlier runs left: killed runs' directories, and more than the kept number.
+    runs::sweep(&plan.runs_parent, runs::keep_runs());
     let run_dir = RunDir::create(&plan.runs_parent)?;
     let (events, events_rx) = mpsc::channel::<Event>();
     let events = RunEvents::new(events);
@@ -85,6 +87,6 @@ pub fn run(plan: RunPlan, mut emit: impl FnMut(Event)) -> Result<RunSummary, Run
         run_dir.path(),
         &plan.runs_parent,
     )?;
-    run_dir.remove_if_empty();
+    run_dir.finish();
     Ok(summary)
 }

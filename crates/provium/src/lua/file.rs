@@ -59,11 +59,24 @@ pub(crate) struct Finished<T> {
 }
 
 impl<T> Finished<T> {
-    /// Appends `tail` and every console to the log, then keeps it (returning its
-    /// path) or deletes it. Without a log (it could not be created) says why.
-    pub fn close_log(&self, mut tail: String, keep: bool) -> Result<Option<PathBuf>, String> {
+    /// Appends `tail` and every console (with QEMU's stderr) to the log, then keeps it
+    /// (returning its path) or deletes it. The VMs' own directories go then (the log
+    /// holds what a person reads of them), unless `keep_vms` (a failed fixture build
+    /// hands its consoles on to the file that asked for it). Without a log (it could
+    /// not be created) says why.
+    pub fn close_log(
+        &self,
+        mut tail: String,
+        keep: bool,
+        keep_vms: bool,
+    ) -> Result<Option<PathBuf>, String> {
         append_consoles(&mut tail, &self.consoles);
         self.ctx.log(&tail);
+        if !keep_vms {
+            for console in &self.consoles {
+                remove_vm_dir(self.ctx.run.run_dir.path(), console);
+            }
+        }
         let log = self.ctx.log.borrow_mut().take();
         match (log, &self.log_error) {
             (Some(log), _) if !keep => {
@@ -240,7 +253,12 @@ pub(crate) fn run_file_with(
         }
     }
     let failed = outcome.is_failure();
-    let (log_path, log_note) = match finished.close_log(tail, failed) {
+    // Read before the log is closed: that removes the VMs' directories.
+    let shown_tail = match (failed, finished.consoles.last()) {
+        (true, Some(console)) => Some(console_tail(console)),
+        _ => None,
+    };
+    let (log_path, log_note) = match finished.close_log(tail, failed, false) {
         Ok(path) => (path, None),
         Err(error) => (None, Some(format!("(log not written: {error})"))),
     };
@@ -256,10 +274,7 @@ pub(crate) fn run_file_with(
         duration: finished.duration,
         subtests: finished.execution.record.subtests.clone(),
         file_error,
-        console_tail: match (failed, finished.consoles.last()) {
-            (true, Some(console)) => Some(console_tail(console)),
-            _ => None,
-        },
+        console_tail: shown_tail,
         log_path,
         outcome,
         attempt,
@@ -382,7 +397,8 @@ pub(crate) fn execute(
     })
 }
 
-/// Appends every console in full, each under its `--- console <n> ---` heading (SPEC §4).
+/// Appends every console in full, each under its `--- console <n> ---` heading (SPEC §4),
+/// and what QEMU said on stderr, when it said anything.
 fn append_consoles(text: &mut String, consoles: &[PathBuf]) {
     for (n, console) in consoles.iter().enumerate() {
         text.push_str(&format!("\n--- console {} ---\n", n + 1));
@@ -390,6 +406,29 @@ fn append_consoles(text: &mut String, consoles: &[PathBuf]) {
             Ok(bytes) => text.push_str(&String::from_utf8_lossy(&bytes)),
             Err(e) => text.push_str(&format!("(cannot read {}: {e})\n", console.display())),
         }
+        let stderr = console.with_file_name(crate::vm::qemu::STDERR_FILE);
+        if let Ok(bytes) = fs::read(&stderr) {
+            if !bytes.iter().all(u8::is_ascii_whitespace) {
+                text.push_str(&format!("\n--- QEMU stderr {} ---\n", n + 1));
+                text.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+}
+
+/// Removes the directory of the VM whose console is `console` (`<run dir>/vmN/`),
+/// and nothing else: a console elsewhere is left alone.
+fn remove_vm_dir(run_dir: &Path, console: &Path) {
+    let Some(dir) = console.parent() else {
+        return;
+    };
+    let is_vm_dir = dir.parent() == Some(run_dir)
+        && dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("vm") && n[2..].chars().all(|c| c.is_ascii_digit()));
+    if is_vm_dir {
+        let _ = fs::remove_dir_all(dir);
     }
 }
 

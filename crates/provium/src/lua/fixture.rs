@@ -190,7 +190,8 @@ fn build(
     if let Err(message) = &finished.result {
         tail.push_str(&format!("error: {message}\n"));
     }
-    let log = finished.close_log(tail, finished.result.is_err());
+    let failed = finished.result.is_err();
+    let log = finished.close_log(tail, failed, failed);
     let consoles = finished.consoles;
     if let Err(stop) = cancel::checkpoint() {
         return Err(FixtureError::Stopped {

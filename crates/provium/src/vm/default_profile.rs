@@ -56,9 +56,13 @@ pub struct DefaultProfile {
     pub initrd: PathBuf,
 }
 
-/// `$TMPDIR/provium-cache`: generated initramfs images shared across runs.
+/// `$PROVIUM_CACHE_DIR`, else `$TMPDIR/provium-cache`: generated initramfs images and
+/// base initrds shared across runs.
 pub fn cache_dir() -> PathBuf {
-    std::env::temp_dir().join("provium-cache")
+    match std::env::var_os("PROVIUM_CACHE_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => std::env::temp_dir().join("provium-cache"),
+    }
 }
 
 /// Resolves the default profile, generating (or reusing) its initramfs in `cache`.

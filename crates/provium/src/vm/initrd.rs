@@ -1,14 +1,18 @@
 //! The combined initrd a VM boots: the profile's initramfs, unchanged, followed by
 //! the Provium shim (agent, init choice, modules) and, per VM, the injected files.
+//!
+//! The base image (initramfs + shim) is built once and kept in the cache directory,
+//! named by a hash of its inputs (the agent's bytes, the init, the initramfs's and the
+//! modules' paths, sizes and modification times), so later runs boot without
+//! rebuilding it while nothing changed; the newest [`KEEP_BASES`] are kept.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::fs;
-use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use crate::shim::{self, InjectedFile, ShimError, ShimModule};
 use crate::vm::kernel::{self, KernelError, ModulePlan};
@@ -48,21 +52,46 @@ fn build_lock(path: &Path) -> Arc<Mutex<()>> {
     )
 }
 
-/// Writes (once per run and inputs) `<run_dir>/initrd-<profile>-<key>.img`: the
-/// user initramfs followed by the base shim. Returns its path.
-pub fn prepare_base(run_dir: &Path, inputs: &BaseInputs) -> Result<PathBuf, InitrdError> {
-    let mut hasher = DefaultHasher::new();
-    inputs.profile.hash(&mut hasher);
-    inputs.init.hash(&mut hasher);
-    inputs.agent.hash(&mut hasher);
-    if let Some(path) = inputs.user_initrd {
-        path.hash(&mut hasher);
-        if let Ok(meta) = fs::metadata(path) {
-            (meta.len(), meta.mtime(), meta.mtime_nsec()).hash(&mut hasher);
+/// Base images kept in the cache; older ones are removed as new ones are built.
+pub const KEEP_BASES: usize = 8;
+
+/// FNV-1a, 64 bits: stable across Rust releases, so a cache key survives an upgrade.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> &mut Fnv {
+        for &byte in bytes.iter().chain(&(bytes.len() as u64).to_le_bytes()) {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
         }
+        self
+    }
+
+    /// A file by what identifies its contents cheaply: path, size, modification time.
+    fn file(&mut self, path: &Path) -> &mut Fnv {
+        self.bytes(path.as_os_str().as_encoded_bytes());
+        if let Ok(meta) = fs::metadata(path) {
+            self.bytes(&meta.len().to_le_bytes())
+                .bytes(&meta.mtime().to_le_bytes())
+                .bytes(&meta.mtime_nsec().to_le_bytes());
+        }
+        self
+    }
+}
+
+/// Returns `<cache>/initrd-<profile>-<key>.img`, the user initramfs followed by the
+/// base shim, building it when no earlier run (or file) did.
+pub fn prepare_base(cache: &Path, inputs: &BaseInputs) -> Result<PathBuf, InitrdError> {
+    let mut hasher = Fnv::new();
+    hasher.bytes(inputs.init.as_bytes()).bytes(inputs.agent);
+    if let Some(path) = inputs.user_initrd {
+        hasher.file(path);
     }
     for module in &inputs.modules.modules {
-        module.path.hash(&mut hasher);
+        hasher.file(&module.path);
     }
     let safe_name: String = inputs
         .profile
@@ -75,11 +104,20 @@ pub fn prepare_base(run_dir: &Path, inputs: &BaseInputs) -> Result<PathBuf, Init
             }
         })
         .collect();
-    let target = run_dir.join(format!("initrd-{safe_name}-{:016x}.img", hasher.finish()));
+    fs::create_dir_all(cache).map_err(|source| ShimError::Write {
+        path: cache.to_path_buf(),
+        source,
+    })?;
+    let target = cache.join(format!("initrd-{safe_name}-{:016x}.img", hasher.0));
 
     let lock = build_lock(&target);
     let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
     if target.is_file() {
+        // Marks it recently used, for the cache's trimming.
+        let _ = fs::File::options()
+            .append(true)
+            .open(&target)
+            .and_then(|f| f.set_modified(SystemTime::now()));
         return Ok(target);
     }
     let user = match inputs.user_initrd {
@@ -98,13 +136,36 @@ pub fn prepare_base(run_dir: &Path, inputs: &BaseInputs) -> Result<PathBuf, Init
         });
     }
     let base = shim::base_shim(inputs.agent, inputs.init, &modules);
-    let temp = target.with_extension("img.tmp");
+    // Another provium may build the same image at once: each writes its own temp file
+    // and the rename makes one of them the image, whole.
+    let temp = target.with_extension(format!("img.{}.tmp", std::process::id()));
     shim::write_concatenated(&temp, &[&user, &base])?;
     fs::rename(&temp, &target).map_err(|source| ShimError::Write {
         path: target.clone(),
         source,
     })?;
+    trim_cache(cache, KEEP_BASES);
     Ok(target)
+}
+
+/// Removes all but the `keep` most recently used base images.
+fn trim_cache(cache: &Path, keep: usize) {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    let mut images: Vec<(SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("initrd-") && name.ends_with(".img")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    images.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, stale) in images.into_iter().skip(keep) {
+        let _ = fs::remove_file(stale);
+    }
 }
 
 /// Copies `base` to `dest` and appends the injected files. The base image ends on a
@@ -168,9 +229,10 @@ mod tests {
         assert!(entries
             .iter()
             .any(|e| e.name == ".provium/agent" && e.data == b"AGENT"));
-        let modified = fs::metadata(&base).unwrap().modified().unwrap();
+        // Reused, not rebuilt: the same file (inode), by a later run too.
+        let inode = fs::metadata(&base).unwrap().ino();
         assert_eq!(prepare_base(dir.path(), &inputs).unwrap(), base);
-        assert_eq!(fs::metadata(&base).unwrap().modified().unwrap(), modified);
+        assert_eq!(fs::metadata(&base).unwrap().ino(), inode);
 
         let payload = dir.path().join("payload");
         fs::write(&payload, b"data").unwrap();
@@ -184,5 +246,28 @@ mod tests {
         assert_eq!(&combined[..bytes.len()], &bytes[..]);
         let extra = parse(&combined[bytes.len()..]);
         assert_eq!(extra.last().unwrap().name, "etc/payload");
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = ModulePlan::default();
+        let mut built = Vec::new();
+        for i in 0..(KEEP_BASES + 3) {
+            let init = format!("/init{i}");
+            let inputs = BaseInputs {
+                profile: "p",
+                user_initrd: None,
+                init: &init,
+                modules: &plan,
+                agent: b"AGENT",
+            };
+            built.push(prepare_base(dir.path(), &inputs).unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let left = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(left, KEEP_BASES);
+        assert!(!built[0].exists(), "the oldest image was trimmed");
+        assert!(built.last().unwrap().exists());
     }
 }

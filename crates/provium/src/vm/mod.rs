@@ -261,7 +261,7 @@ impl Vm {
         let release = kernel::kernel_version(&profile.kernel).map_err(kernel_err)?;
         let modules = initrd::agent_modules(&profile.name, &release)?;
         let base = initrd::prepare_base(
-            &config.run_dir,
+            &default_profile::cache_dir().join("initrd"),
             &initrd::BaseInputs {
                 profile: &profile.name,
                 user_initrd: profile.initrd.as_deref(),

@@ -31,6 +31,11 @@ const CONNECT_RETRY: Duration = Duration::from_millis(10);
 /// Bound on reaping QEMU after SIGKILL (it cannot ignore the signal).
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A VM's console capture, in its directory.
+pub const CONSOLE_FILE: &str = "console.log";
+/// What QEMU wrote on stderr, beside the console.
+pub const STDERR_FILE: &str = "qemu.stderr";
+
 /// Name of the virtio-serial port the agent looks for.
 pub const AGENT_PORT_NAME: &str = "org.provium.agent.0";
 
@@ -228,8 +233,8 @@ impl Qemu {
                 Err(e) => return Err(setup(socket)(e)),
             }
         }
-        let console_path = spec.dir.join("console.log");
-        let stderr_path = spec.dir.join("qemu.stderr");
+        let console_path = spec.dir.join(CONSOLE_FILE);
+        let stderr_path = spec.dir.join(STDERR_FILE);
         let console_file = File::create(&console_path).map_err(setup(&console_path))?;
         let stderr_file = File::create(&stderr_path).map_err(setup(&stderr_path))?;
 
