@@ -271,7 +271,7 @@ pub fn sweep(parent: &Path, keep: usize) -> Vec<PathBuf> {
             }
         }
     }
-    finished.sort_by(|a, b| b.0.cmp(&a.0));
+    finished.sort_by_key(|f| std::cmp::Reverse(f.0));
     for (_, path) in finished.into_iter().skip(keep) {
         if !records.contains(&path) && fs::remove_dir_all(&path).is_ok() {
             removed.push(path);
