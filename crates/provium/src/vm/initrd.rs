@@ -162,7 +162,7 @@ fn trim_cache(cache: &Path, keep: usize) {
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    images.sort_by(|a, b| b.0.cmp(&a.0));
+    images.sort_by_key(|i| std::cmp::Reverse(i.0));
     for (_, stale) in images.into_iter().skip(keep) {
         let _ = fs::remove_file(stale);
     }
