@@ -78,6 +78,13 @@ enum Command {
     /// Print the files `provium test` with the same selection would run; boots nothing.
     #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
+    /// Write editor support for test files: type definitions of the Lua API for
+    /// lua-language-server, and a .luarc.json pointing at them.
+    LspSetup {
+        /// The project directory [default: the current directory].
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Print the version number.
     Version,
 }
@@ -264,6 +271,7 @@ where
         }
         Command::Test(args) => test(args),
         Command::List(args) => list(args),
+        Command::LspSetup { dir } => lsp_setup(dir),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -356,6 +364,15 @@ fn test(args: TestArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::TestsFailed
     })
+}
+
+/// `provium lsp-setup [DIR]`.
+fn lsp_setup(dir: Option<PathBuf>) -> anyhow::Result<Exit> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+    for path in crate::lua::lsp::setup(&dir)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(Exit::Success)
 }
 
 /// `provium list`: the files a `provium test` with the same selection would run.

@@ -11,6 +11,7 @@ pub mod boot_options;
 pub mod file;
 pub mod fixture;
 pub mod framework;
+pub mod lsp;
 pub mod options;
 pub mod pack;
 pub mod vm_api;

@@ -85,6 +85,19 @@ const METHODS: &[(&str, Method)] = &[
     ("kill", kill),
 ];
 
+/// Every method name of a VM handle (workers lack `boot`, `shutdown` and `spawn`).
+pub fn method_names() -> Vec<&'static str> {
+    METHODS
+        .iter()
+        .chain(vm_kernel::METHODS)
+        .map(|(name, _)| *name)
+        .chain(["wait_until"])
+        .collect()
+}
+
+/// The read-only fields of a handle (`pid` and `channel` are a worker's).
+pub const FIELDS: [&str; 5] = ["name", "profile", "running", "pid", "channel"];
+
 fn self_handle(op: &str, this: &Value) -> mlua::Result<UserDataRef<LuaVm>> {
     if let Value::UserData(ud) = this {
         if let Ok(vm) = ud.borrow::<LuaVm>() {

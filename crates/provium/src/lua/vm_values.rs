@@ -66,6 +66,9 @@ fn dot_args(args: MultiValue, plain_arity: usize) -> Vec<Value> {
     args
 }
 
+/// The keys an output wrapper answers itself (any other reaches `string`).
+pub const OUTPUT_KEYS: [&str; 5] = ["value", "contains", "starts_with", "ends_with", "trim"];
+
 fn index(lua: &Lua, bytes: &Rc<[u8]>, key: Value) -> mlua::Result<Value> {
     let Value::String(key) = key else {
         return Ok(Value::Nil);
