@@ -63,6 +63,7 @@ pub(super) fn boot_options(vm: &str, opts: &Value, root: &Path) -> Result<BootOp
                 .map_err(|e| bad(format!("boot_timeout {e}")))?
         }
     }
+    options.gdb = args::flag("boot", &get("gdb")?, "gdb")?;
     match get("disks")? {
         Value::Nil => {}
         value => {
@@ -183,7 +184,7 @@ mod tests {
         let cases = [
             (
                 "{ memroy = '1G' }",
-                "VM v: boot: unknown option 'memroy' (known options: memory, cpus, files, disks, append, boot_timeout)",
+                "VM v: boot: unknown option 'memroy' (known options: memory, cpus, files, disks, append, boot_timeout, gdb)",
             ),
             ("{ memory = '1T' }", "invalid size '1T'"),
             ("{ memory = '0' }", "zero is not a size"),

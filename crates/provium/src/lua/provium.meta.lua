@@ -58,6 +58,7 @@ function Output.trim() end
 ---@field disks provium.Disk[]? Appear as /dev/vda, /dev/vdb, ... after a profile rootfs.
 ---@field append string? Extra kernel command line for this boot.
 ---@field boot_timeout provium.Duration? Console silence that fails the boot (30 s).
+---@field gdb boolean? Start QEMU's gdb stub on a free loopback port (boots with nokaslr).
 
 ---@class provium.ExecOptions
 ---@field timeout provium.Duration? The guest kills the command's process group at this limit.
@@ -96,6 +97,7 @@ function Output.trim() end
 ---@field running boolean
 ---@field pid integer? A worker's pid (thread id for a thread worker).
 ---@field channel integer? A worker's channel.
+---@field gdb string? `localhost:PORT` of QEMU's gdb stub, when booted with `gdb = true` (or `PROVIUM_GDB=1`).
 local VM = {}
 
 ---Starts QEMU and blocks until the guest's agent is ready.

@@ -27,6 +27,7 @@ use crate::report::{Event, VmBooted};
 use crate::vm::accel::Accel;
 use crate::vm::client::{AgentClient, ExecOutput};
 use crate::vm::fleet::Stop;
+use crate::vm::gdb;
 use crate::vm::host::{self, ProfileError};
 use crate::vm::{StartError, StartFrom, Vm, VmConfig};
 
@@ -96,7 +97,7 @@ pub fn method_names() -> Vec<&'static str> {
 }
 
 /// The read-only fields of a handle (`pid` and `channel` are a worker's).
-pub const FIELDS: [&str; 5] = ["name", "profile", "running", "pid", "channel"];
+pub const FIELDS: [&str; 6] = ["name", "profile", "running", "pid", "channel", "gdb"];
 
 fn self_handle(op: &str, this: &Value) -> mlua::Result<UserDataRef<LuaVm>> {
     if let Value::UserData(ud) = this {
@@ -125,6 +126,10 @@ fn field(lua: &Lua, this: &LuaVm, key: &Value) -> mlua::Result<Value> {
         }
         "pid" => worker.map_or(Value::Nil, |w| Value::Integer(w.worker.pid.into())),
         "channel" => worker.map_or(Value::Nil, |w| Value::Integer(w.worker.channel.into())),
+        "gdb" => match this.handle.gdb_address() {
+            Some(address) => Value::String(lua.create_string(address)?),
+            None => Value::Nil,
+        },
         _ => Value::Nil,
     })
 }
@@ -194,6 +199,16 @@ fn boot(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
             .trim()
             .to_string();
     }
+    if options.gdb || gdb::wanted_by_environment() {
+        config.gdb_port = Some(gdb::free_port().map_err(|e| {
+            raise(
+                lua,
+                format!("VM {}: boot: no free port for gdb: {e}", handle.name()),
+                true,
+            )
+        })?);
+    }
+    let kernel = config.profile.kernel.clone();
     let started = Instant::now();
     match Vm::start(ctx.pool_slot(), StartFrom::Boot(Box::new(config))) {
         Ok(vm) => {
@@ -207,6 +222,14 @@ fn boot(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
                 accel: setup.accel.name().to_string(),
                 fixture: None,
             }));
+            if let Some(address) = vm.gdb_address() {
+                let vmlinux = gdb::vmlinux_for(&kernel);
+                run.events.send(Event::Notice(format!(
+                    "provium: VM {}: gdb stub at {address}; attach with: {}",
+                    handle.name(),
+                    gdb::attach_command(vmlinux.as_deref(), &address)
+                )));
+            }
             let console = ctx.register_console(vm.console_log().to_path_buf());
             ctx.log(&format!(
                 "VM {} booted (profile {}, {} MiB, {} CPU, {:?} channel) in {:.1}s; its console is console {console}\n",

@@ -87,6 +87,14 @@ impl VmHandle {
         matches!(*self.state.borrow(), VmState::Running(_))
     }
 
+    /// Where the running VM's gdb stub listens, if it has one.
+    pub fn gdb_address(&self) -> Option<String> {
+        match &*self.state.borrow() {
+            VmState::Running(vm) => vm.gdb_address(),
+            _ => None,
+        }
+    }
+
     /// Refuses a boot of a handle that already runs a VM.
     pub fn check_bootable(&self) -> Result<(), HandleError> {
         if self.is_running() {

@@ -11,6 +11,7 @@ pub mod boot;
 pub mod client;
 pub mod default_profile;
 pub mod fleet;
+pub mod gdb;
 pub mod host;
 pub mod initrd;
 pub mod kernel;
@@ -109,6 +110,8 @@ pub struct VmConfig {
     pub boot_timeout: Duration,
     /// The most a boot may take in all.
     pub boot_ceiling: Duration,
+    /// Start QEMU's gdb stub on this loopback port (and boot with `nokaslr`).
+    pub gdb_port: Option<u16>,
     /// Deadline for each agent operation (exec, file transfer, ...).
     pub op_timeout: Duration,
 }
@@ -128,6 +131,7 @@ impl VmConfig {
             disks: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             boot_ceiling: DEFAULT_BOOT_CEILING,
+            gdb_port: None,
             op_timeout: DEFAULT_OP_TIMEOUT,
         }
     }
@@ -295,8 +299,14 @@ impl Vm {
         // no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer check
         // can miss its window and panic ("IO-APIC + timer doesn't work!"); seen in CI
         // with several VMs booting at once on 2 cores.
+        // nokaslr with a gdb stub: the kernel's symbols are where vmlinux says.
         let append = format!(
-            "console=ttyS0 rdinit={AGENT_PATH} panic=-1 no_timer_check {}",
+            "console=ttyS0 rdinit={AGENT_PATH} panic=-1 no_timer_check{} {}",
+            if config.gdb_port.is_some() {
+                " nokaslr"
+            } else {
+                ""
+            },
             profile.append
         );
         let spec = LaunchSpec {
@@ -311,6 +321,7 @@ impl Vm {
             use_kvm: config.use_kvm,
             drives,
             resume: false,
+            gdb_port: config.gdb_port,
         };
         let limits = BootLimits {
             silence: config.boot_timeout,
@@ -353,6 +364,8 @@ impl Vm {
         launch.vm = name.to_string();
         launch.dir = boot::vm_dir(run_dir, name)?;
         launch.resume = true;
+        // A resumed VM gets no stub of its snapshot's (another VM may hold the port).
+        launch.gdb_port = None;
         let limits = BootLimits {
             silence: origin.boot_timeout,
             ceiling: DEFAULT_BOOT_CEILING.saturating_sub(start.elapsed()),
@@ -417,6 +430,14 @@ impl Vm {
     /// The last `lines` console lines.
     pub fn console_tail(&self, lines: usize) -> String {
         self.qemu.console_tail(lines)
+    }
+
+    /// Where QEMU's gdb stub listens (`localhost:PORT`), when it was asked for.
+    pub fn gdb_address(&self) -> Option<String> {
+        self.origin
+            .launch
+            .gdb_port
+            .map(|port| format!("localhost:{port}"))
     }
 
     /// The channel the agent answered on.

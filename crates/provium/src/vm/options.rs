@@ -12,7 +12,15 @@ pub const DEFAULT_MEMORY_MIB: u64 = 512;
 /// vCPUs when a boot does not say.
 pub const DEFAULT_CPUS: u32 = 1;
 /// The option names `vm:boot` accepts, in the order errors list them.
-pub const BOOT_OPTIONS: [&str; 6] = ["memory", "cpus", "files", "disks", "append", "boot_timeout"];
+pub const BOOT_OPTIONS: [&str; 7] = [
+    "memory",
+    "cpus",
+    "files",
+    "disks",
+    "append",
+    "boot_timeout",
+    "gdb",
+];
 
 /// A boot's options after parsing; relative host paths already resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +34,8 @@ pub struct BootOptions {
     pub append: String,
     /// How long the console may stay silent before the boot fails.
     pub boot_timeout: std::time::Duration,
+    /// Start QEMU's gdb stub (also asked for by `PROVIUM_GDB=1`).
+    pub gdb: bool,
 }
 
 impl Default for BootOptions {
@@ -37,6 +47,7 @@ impl Default for BootOptions {
             disks: Vec::new(),
             append: String::new(),
             boot_timeout: super::DEFAULT_BOOT_TIMEOUT,
+            gdb: false,
         }
     }
 }

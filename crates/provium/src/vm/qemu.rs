@@ -97,6 +97,8 @@ pub struct LaunchSpec {
     /// `migrate-incoming`); writable drives get a throwaway overlay (`snapshot=on`)
     /// so that VMs resumed from one snapshot never see each other's writes.
     pub resume: bool,
+    /// QEMU's gdb stub listens on this local TCP port (`-gdb tcp:127.0.0.1:PORT`).
+    pub gdb_port: Option<u16>,
 }
 
 #[derive(Debug, Error)]
@@ -570,6 +572,10 @@ fn qemu_args(spec: &LaunchSpec, agent: &Path, uart: &Path, qmp: &Path) -> Vec<St
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", opt_escape(qmp)),
     ]);
+    if let Some(port) = spec.gdb_port {
+        // Loopback only: the stub gives full control of the guest.
+        args.extend(["-gdb".into(), format!("tcp:127.0.0.1:{port}")]);
+    }
     for drive in &spec.drives {
         args.extend([
             "-drive".into(),
@@ -735,6 +741,7 @@ mod tests {
                 readonly: true,
             }],
             resume: false,
+            gdb_port: None,
         };
         let args = qemu_args(
             &spec,
@@ -773,6 +780,7 @@ mod tests {
             use_kvm: false,
             drives: vec![drive("/img/root", true), drive("/img/data", false)],
             resume: true,
+            gdb_port: None,
         };
         let sock = Path::new("/tmp/r/s");
         let args = qemu_args(&spec, sock, sock, sock);
