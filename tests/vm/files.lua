@@ -72,4 +72,13 @@ test("mount_vfs_is_idempotent", function()
   assert(vm:exec("grep -q securityfs /proc/mounts").ok)
 end)
 
+test("modprobe_loads_a_module_of_the_kernel", function()
+  -- The kernel's whole modules tree is there, with its modules.dep.
+  local release = vm:exec("uname -r").stdout.trim()
+  assert(vm:exec("test -f /lib/modules/" .. release .. "/modules.dep").ok)
+  local r = vm:exec("modprobe loop && grep -q '^loop ' /proc/modules")
+  assert(r.ok, r.stderr.value)
+  assert(vm:exec("test -b /dev/loop0 || test -e /dev/loop-control").ok)
+end)
+
 vm:shutdown()

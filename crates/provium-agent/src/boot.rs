@@ -32,6 +32,7 @@ pub fn run_as_init(args: Vec<String>) -> ! {
     let init = choose_init(&shim_dir);
     if init.is_none() {
         mount_basics();
+        mount_modules_disk();
         // Before any thread exists, so changing the environment is sound.
         std::env::set_var("PATH", DEFAULT_PATH);
     }
@@ -175,6 +176,59 @@ fn mount_basics() {
             log!("{e}");
         }
     }
+}
+
+/// The serial of the read-only disk the host attaches with the kernel's modules.
+const MODULES_DISK_SERIAL: &str = "provium-modules";
+/// On the kernel command line when the host attached that disk.
+const MODULES_DISK_FLAG: &str = "provium.modules=disk";
+
+/// Mounts the host's modules disk (when it attached one) read-only on
+/// `/lib/modules/<release>`, so `modprobe` works in a guest whose initramfs has no
+/// modules of its own. Only when the agent stays PID 1: a profile's own init and root
+/// file system bring their own modules.
+fn mount_modules_disk() {
+    // The host says so on the command line: a guest without it looks for nothing.
+    let attached = std::fs::read_to_string("/proc/cmdline")
+        .is_ok_and(|c| c.split_whitespace().any(|w| w == MODULES_DISK_FLAG));
+    if !attached {
+        return;
+    }
+    let Some(device) = find_disk_by_serial(MODULES_DISK_SERIAL) else {
+        return log!("the modules disk ({MODULES_DISK_SERIAL}) did not appear");
+    };
+    let release = match std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        Ok(release) => release.trim().to_string(),
+        Err(e) => return log!("cannot read the kernel release: {e}"),
+    };
+    let target = format!("/lib/modules/{release}");
+    if let Err(e) = std::fs::create_dir_all(&target) {
+        return log!("cannot create {target}: {e}");
+    }
+    if let Err(e) = files::mount_one(&device, &target, "ext4", libc::MS_RDONLY, None) {
+        log!("{e}");
+    }
+}
+
+/// `/dev/vdX` of the virtio disk whose serial is `serial`; its driver may still be
+/// probing, so this looks for up to two seconds.
+fn find_disk_by_serial(serial: &str) -> Option<String> {
+    for _ in 0..100 {
+        let found = std::fs::read_dir("/sys/block")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let serial_file = entry.path().join("serial");
+                let found = std::fs::read_to_string(serial_file).ok()?;
+                (name.starts_with("vd") && found.trim() == serial).then(|| format!("/dev/{name}"))
+            });
+        if found.is_some() {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
 }
 
 fn exec_init(init: &str, extra: &[String]) {

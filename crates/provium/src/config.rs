@@ -11,7 +11,9 @@ use thiserror::Error;
 /// The file searched for from the start directory upward.
 pub const CONFIG_FILE: &str = "provium.toml";
 
-const PROFILE_KEYS: [&str; 5] = ["kernel", "initrd", "rootfs", "init", "append"];
+const PROFILE_KEYS: [&str; 7] = [
+    "kernel", "initrd", "rootfs", "init", "append", "modules", "build",
+];
 const RUN_KEYS: [&str; 1] = ["timeout"];
 
 /// A loaded `provium.toml` (or the absence of one).
@@ -45,6 +47,10 @@ pub struct Profile {
     /// The guest's PID 1 after the agent starts: an absolute guest path or `none`.
     pub init: Option<String>,
     pub append: Option<String>,
+    /// The kernel's modules: a kernel build tree or an `INSTALL_MOD_PATH` tree.
+    pub modules: Option<PathBuf>,
+    /// A shell command run once per run, from the project root, before the first boot.
+    pub build: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -133,6 +139,25 @@ fn where_defined(config: &Option<PathBuf>, root: &Path) -> String {
             " (no {CONFIG_FILE} was found in {} or any parent directory)",
             root.display()
         ),
+    }
+}
+
+/// The configuration of a run of `test_path`: the nearest `provium.toml` from the test
+/// path upward, else from `cwd` upward, so `provium test suite/` from a parent
+/// directory uses `suite/provium.toml` as running inside `suite/` would.
+pub fn load_for(test_path: &Path, cwd: &Path) -> Result<Config, ConfigError> {
+    let test_path = cwd.join(test_path);
+    let start = if test_path.is_dir() {
+        test_path.clone()
+    } else {
+        test_path
+            .parent()
+            .map_or(cwd.to_path_buf(), Path::to_path_buf)
+    };
+    let start = std::path::absolute(&start).unwrap_or(start);
+    match find(&start) {
+        Some(path) => load_file(&path),
+        None => load(cwd),
     }
 }
 
@@ -300,12 +325,38 @@ fn parse_profile(
         Ok(Some(file))
     };
 
-    let kernel = existing_file("kernel")?.ok_or_else(|| ConfigError::MissingKernel {
+    let build = string("build")?;
+    // A profile that builds its kernel may name files the build makes: they are
+    // checked after the build, when its first VM boots.
+    let resolved = |key: &'static str| -> Result<Option<PathBuf>, ConfigError> {
+        if build.is_some() {
+            Ok(string(key)?.map(|value| root.join(value)))
+        } else {
+            existing_file(key)
+        }
+    };
+    let kernel = resolved("kernel")?.ok_or_else(|| ConfigError::MissingKernel {
         path: path.to_path_buf(),
         profile: name.to_string(),
     })?;
-    let initrd = existing_file("initrd")?;
-    let rootfs = existing_file("rootfs")?;
+    let initrd = resolved("initrd")?;
+    let rootfs = resolved("rootfs")?;
+    let modules = match string("modules")? {
+        None => None,
+        Some(value) => {
+            let dir = root.join(value);
+            if build.is_none() && !dir.is_dir() {
+                return Err(ConfigError::BadPath {
+                    path: path.to_path_buf(),
+                    profile: name.to_string(),
+                    key: "modules",
+                    file: dir,
+                    problem: "is not a directory".to_string(),
+                });
+            }
+            Some(dir)
+        }
+    };
     let init = string("init")?;
     if let Some(init) = &init {
         if init != "none" && !init.starts_with('/') {
@@ -323,6 +374,8 @@ fn parse_profile(
         rootfs,
         init,
         append: string("append")?,
+        modules,
+        build,
     })
 }
 
@@ -462,6 +515,8 @@ mod tests {
                 rootfs: Some(project.root().join("disks/root.img")),
                 init: Some("/sbin/init".to_string()),
                 append: Some("loglevel=7".to_string()),
+                modules: None,
+                build: None,
             }
         );
         assert_eq!(config.resolve("a/b"), project.root().join("a/b"));

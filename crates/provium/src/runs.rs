@@ -64,6 +64,9 @@ pub struct RunContext {
     /// The run's fixtures: built once, snapshots deleted when the run closes it.
     pub fixtures: fixtures::Registry,
     pub events: RunEvents,
+    /// Set when something makes the rest of the run pointless (a profile's build
+    /// failed): the dispatcher starts no more files.
+    stop: std::sync::Mutex<Option<String>>,
 }
 
 impl RunContext {
@@ -84,7 +87,27 @@ impl RunContext {
             vm_host,
             fixtures: fixtures::Registry::default(),
             events,
+            stop: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Asks the dispatcher to start no more files, saying why (once).
+    pub fn request_stop(&self, reason: String) {
+        let mut stop = self.stop.lock().unwrap_or_else(|e| e.into_inner());
+        if stop.is_none() {
+            self.events.send(Event::Notice(format!(
+                "provium: stopping the run: {reason}"
+            )));
+            *stop = Some(reason);
+        }
+    }
+
+    /// Whether the run was asked to start no more files.
+    pub fn stop_requested(&self) -> bool {
+        self.stop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 }
 

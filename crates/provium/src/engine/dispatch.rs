@@ -139,6 +139,9 @@ pub fn run(
                 r.cancel.interrupt(signal);
             }
         }
+        if ctx.stop_requested() {
+            launching = false;
+        }
         while launching && running.len() < limit {
             let Some(work) = queue.pop_front() else {
                 break;

@@ -183,8 +183,15 @@ fn boot(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
         boot_options(handle.name(), arg(a, 0), &run.project_root).map_err(|e| fail(lua, e))?;
     let profile = run
         .vm_host
-        .boot_profile(&run.config, handle.profile())
-        .map_err(|e| fail(lua, e))?;
+        .boot_profile(&run.config, handle.profile(), run.run_dir.path())
+        .map_err(|e| {
+            if let ProfileError::Build(build) = &e {
+                // A profile whose kernel does not build cannot be tested: no file
+                // starts after this one (those running finish).
+                run.request_stop(format!("the build of profile '{}' failed", build.profile));
+            }
+            fail(lua, e)
+        })?;
     let setup = run.vm_host.qemu().map_err(|e| fail(lua, e))?;
     let mut config = VmConfig::new(handle.name(), profile, run.run_dir.path());
     config.qemu = setup.qemu;

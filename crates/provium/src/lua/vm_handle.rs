@@ -70,7 +70,11 @@ impl VmApiError {
     fn is_infrastructure(&self) -> bool {
         match self {
             VmApiError::Accel(_) | VmApiError::Start(_) => true,
-            VmApiError::Profile(ProfileError::Default(_)) => true,
+            VmApiError::Profile(
+                ProfileError::Default(_)
+                | ProfileError::Build(_)
+                | ProfileError::MissingKernel { .. },
+            ) => true,
             VmApiError::Client(error) => error.is_infrastructure(),
             _ => false,
         }

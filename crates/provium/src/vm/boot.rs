@@ -39,6 +39,8 @@ pub enum BootError {
     #[error(transparent)]
     Initrd(#[from] InitrdError),
     #[error(transparent)]
+    Modules(#[from] super::modules::ModulesError),
+    #[error(transparent)]
     Qemu(#[from] QemuError),
     #[error("VM {vm}: cannot create {path}: {source}")]
     Setup {

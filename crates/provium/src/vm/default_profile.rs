@@ -65,6 +65,12 @@ pub fn cache_dir() -> PathBuf {
     }
 }
 
+/// The generated busybox userland (initramfs) alone, for any kernel: what a profile
+/// with a `kernel` and no `initrd` boots.
+pub fn userland(cache: &Path) -> Result<PathBuf, DefaultProfileError> {
+    busybox_initramfs(&find_busybox()?, cache)
+}
+
 /// Resolves the default profile, generating (or reusing) its initramfs in `cache`.
 pub fn resolve(cache: &Path) -> Result<DefaultProfile, DefaultProfileError> {
     let kernel = find_kernel(Path::new("/boot"))?;

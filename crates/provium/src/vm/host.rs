@@ -5,8 +5,11 @@
 //! answer cannot change within a run, so the first boot pays and every later boot
 //! (in any file) reuses the result, errors included.
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use thiserror::Error;
 
@@ -28,6 +31,74 @@ pub enum ProfileError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Default(#[from] Arc<DefaultProfileError>),
+    #[error(transparent)]
+    Build(#[from] Arc<BuildError>),
+    #[error("profile '{profile}': kernel '{}' does not exist{}", .path.display(), if *.built { " after its build" } else { "" })]
+    MissingKernel {
+        profile: String,
+        path: PathBuf,
+        built: bool,
+    },
+}
+
+/// A profile's `build` command failed; the error carries its log's tail.
+#[derive(Debug, Error)]
+#[error("profile '{profile}': build `{command}` {how} (log: {}){}", .log.display(), tail_suffix(.tail))]
+pub struct BuildError {
+    pub profile: String,
+    pub command: String,
+    pub how: String,
+    pub log: PathBuf,
+    pub tail: String,
+}
+
+fn tail_suffix(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("\nlast lines of the build log:\n{}", tail.trim_end())
+    }
+}
+
+/// Lines of a build log an error carries.
+const BUILD_TAIL_LINES: usize = 20;
+
+/// Runs `command` (a profile's `build`) with `sh -c` in `project_root`, its output
+/// in `log`.
+pub fn run_build(
+    profile: &str,
+    command: &str,
+    project_root: &Path,
+    log: &Path,
+) -> Result<(), BuildError> {
+    let failed = |how: String| BuildError {
+        profile: profile.to_string(),
+        command: command.to_string(),
+        how,
+        log: log.to_path_buf(),
+        tail: crate::vm::qemu::console_tail(log, BUILD_TAIL_LINES),
+    };
+    if let Some(parent) = log.parent() {
+        let _ = fs::create_dir_all(parent);
+    }
+    let out = fs::File::create(log).map_err(|e| failed(format!("cannot start: {e}")))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| failed(format!("cannot start: {e}")))?;
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(project_root)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .map_err(|e| failed(format!("cannot start: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(failed(format!("failed ({status})")))
+    }
 }
 
 /// The QEMU binary and how it accelerates guests.
@@ -40,10 +111,16 @@ pub struct QemuSetup {
 /// Where a run's notices go (the reporter prints them between results).
 pub type Notify = Box<dyn Fn(String) + Send + Sync>;
 
-/// Run-wide cache of [`QemuSetup`] and the resolved default profile.
+/// One profile's build in a run: run by the first boot that needs it.
+type BuildOnce = OnceLock<Result<(), Arc<BuildError>>>;
+
+/// Run-wide cache of [`QemuSetup`], the resolved default profile, the generated
+/// userland, and which profiles' `build` commands have run (once per run each).
 pub struct HostCache {
     qemu: OnceLock<Result<QemuSetup, AccelError>>,
     default_profile: OnceLock<Result<BootProfile, Arc<DefaultProfileError>>>,
+    userland: OnceLock<Result<PathBuf, Arc<DefaultProfileError>>>,
+    builds: Mutex<HashMap<String, Arc<BuildOnce>>>,
     notify: Notify,
 }
 
@@ -68,6 +145,8 @@ impl HostCache {
         HostCache {
             qemu: OnceLock::new(),
             default_profile: OnceLock::new(),
+            userland: OnceLock::new(),
+            builds: Mutex::new(HashMap::new()),
             notify,
         }
     }
@@ -102,15 +181,80 @@ impl HostCache {
     }
 
     /// The profile `name`: the configuration's, else the built-in `default`; any
-    /// other name is an error listing the known profiles.
-    pub fn boot_profile(&self, config: &Config, name: &str) -> Result<BootProfile, ProfileError> {
+    /// other name is an error listing the known profiles. A configured profile's
+    /// `build` runs first (once per run, its log in `run_dir`); one without an
+    /// `initrd` gets the generated busybox userland, and the agent as PID 1 unless it
+    /// names an `init`.
+    pub fn boot_profile(
+        &self,
+        config: &Config,
+        name: &str,
+        run_dir: &Path,
+    ) -> Result<BootProfile, ProfileError> {
         if let Some(profile) = config.get(name) {
-            return Ok(from_config(profile));
+            if let Some(command) = &profile.build {
+                self.build_once(profile, command, &config.root, run_dir)?;
+            }
+            let mut boot = from_config(profile);
+            if !boot.kernel.is_file() {
+                return Err(ProfileError::MissingKernel {
+                    profile: profile.name.clone(),
+                    path: boot.kernel,
+                    built: profile.build.is_some(),
+                });
+            }
+            if boot.initrd.is_none() {
+                boot.initrd = Some(self.userland()?);
+                if profile.init.is_none() {
+                    boot.init = "none".to_string();
+                }
+            }
+            return Ok(boot);
         }
         if name == DEFAULT_PROFILE {
             return Ok(self.default_profile()?);
         }
         Err(config.unknown_profile(name, &[DEFAULT_PROFILE]).into())
+    }
+}
+
+impl HostCache {
+    /// The generated busybox userland (shared by the default profile and every
+    /// profile without an initrd).
+    pub fn userland(&self) -> Result<PathBuf, Arc<DefaultProfileError>> {
+        self.userland
+            .get_or_init(|| {
+                default_profile::userland(&default_profile::cache_dir()).map_err(Arc::new)
+            })
+            .clone()
+    }
+
+    /// Runs `profile`'s build once per run; every later call gets the first answer.
+    fn build_once(
+        &self,
+        profile: &Profile,
+        command: &str,
+        project_root: &Path,
+        run_dir: &Path,
+    ) -> Result<(), Arc<BuildError>> {
+        let slot = {
+            let mut builds = self.builds.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(builds.entry(profile.name.clone()).or_default())
+        };
+        slot.get_or_init(|| {
+            let log = run_dir.join(format!("build-{}.log", profile.name));
+            (self.notify)(format!(
+                "provium: building profile '{}': {command} (log: {})",
+                profile.name,
+                log.display()
+            ));
+            let result = run_build(&profile.name, command, project_root, &log);
+            if result.is_ok() {
+                let _ = fs::remove_file(&log);
+            }
+            result.map_err(Arc::new)
+        })
+        .clone()
     }
 }
 
@@ -135,6 +279,7 @@ pub fn from_config(profile: &Profile) -> BootProfile {
             .clone()
             .unwrap_or_else(|| DEFAULT_INIT.to_string()),
         append: profile.append.clone().unwrap_or_default(),
+        modules: profile.modules.clone(),
     }
 }
 
@@ -160,6 +305,8 @@ mod tests {
             rootfs: None,
             init: None,
             append: None,
+            modules: None,
+            build: None,
         }
     }
 
@@ -186,15 +333,22 @@ mod tests {
     fn unknown_names_list_the_known_profiles() {
         let config = config_with(minimal());
         let cache = HostCache::default();
-        let error = cache.boot_profile(&config, "nope").unwrap_err().to_string();
+        let error = cache
+            .boot_profile(&config, "nope", Path::new("/r"))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("unknown profile 'nope'"), "{error}");
         assert!(error.contains("default, minimal"), "{error}");
         assert!(check_profile_name(&config, "minimal").is_ok());
         assert!(check_profile_name(&config, "default").is_ok());
         assert!(check_profile_name(&config, "other").is_err());
+        let missing = cache
+            .boot_profile(&config, "minimal", Path::new("/r"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
-            cache.boot_profile(&config, "minimal").unwrap().kernel,
-            PathBuf::from("/p/bzImage")
+            missing,
+            "profile 'minimal': kernel '/p/bzImage' does not exist"
         );
     }
 }

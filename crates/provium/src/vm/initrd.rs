@@ -187,11 +187,13 @@ pub fn with_files(base: &Path, files: &[InjectedFile], dest: &Path) -> Result<()
     Ok(())
 }
 
-/// The module plan for a kernel release: the agent's virtio modules from
-/// `/lib/modules/<release>`, when that directory exists.
-pub fn agent_modules(profile: &str, release: &str) -> Result<ModulePlan, InitrdError> {
-    let dir = Path::new("/lib/modules").join(release);
-    kernel::resolve_modules(&dir, kernel::AGENT_MODULES).map_err(|source| InitrdError::Module {
+/// The module plan for a kernel: the agent's virtio modules from its modules tree
+/// (`lib/modules/<release>`), when it has one.
+pub fn agent_modules(profile: &str, tree: Option<&Path>) -> Result<ModulePlan, InitrdError> {
+    let Some(tree) = tree else {
+        return Ok(ModulePlan::default());
+    };
+    kernel::resolve_modules(tree, kernel::AGENT_MODULES).map_err(|source| InitrdError::Module {
         profile: profile.to_string(),
         source,
     })

@@ -16,6 +16,7 @@ pub mod host;
 pub mod initrd;
 pub mod kernel;
 pub mod link;
+pub mod modules;
 pub mod options;
 pub mod qemu;
 pub mod snapshot;
@@ -67,6 +68,9 @@ pub struct BootProfile {
     pub init: String,
     /// Extra kernel command line.
     pub append: String,
+    /// The kernel's modules (a build tree or an installed tree); `None`: the host's
+    /// `/lib/modules/<release>` when it exists.
+    pub modules: Option<PathBuf>,
 }
 
 impl BootProfile {
@@ -79,6 +83,7 @@ impl BootProfile {
             rootfs: None,
             init: "none".to_string(),
             append: String::new(),
+            modules: None,
         }
     }
 }
@@ -263,7 +268,10 @@ impl Vm {
             source,
         };
         let release = kernel::kernel_version(&profile.kernel).map_err(kernel_err)?;
-        let modules = initrd::agent_modules(&profile.name, &release)?;
+        let cache = default_profile::cache_dir();
+        let module_tree =
+            modules::tree(&profile.name, profile.modules.as_deref(), &release, &cache)?;
+        let modules = initrd::agent_modules(&profile.name, module_tree.as_deref())?;
         let base = initrd::prepare_base(
             &default_profile::cache_dir().join("initrd"),
             &initrd::BaseInputs {
@@ -286,22 +294,37 @@ impl Vm {
         let mut drives = Vec::new();
         if let Some(rootfs) = &profile.rootfs {
             drives.push(Drive {
+                serial: None,
                 path: rootfs.clone(),
                 format: DiskFormat::detect(rootfs),
                 readonly: true,
             });
         }
         drives.extend(config.disks.iter().map(|d| Drive {
+            serial: None,
             path: d.path.clone(),
             format: d.format,
             readonly: d.readonly,
         }));
+        // A guest whose agent stays PID 1 gets the kernel's modules on a read-only
+        // disk after the test's own (so /dev/vda stays theirs); a profile's own init
+        // and root file system bring their own modules.
+        let mut modules_flag = "";
+        if let (true, Some(tree)) = (profile.init == "none", &module_tree) {
+            drives.push(Drive {
+                path: modules::disk(&profile.name, tree, &cache)?,
+                format: DiskFormat::Raw,
+                readonly: true,
+                serial: Some(modules::DISK_SERIAL.to_string()),
+            });
+            modules_flag = modules::DISK_FLAG;
+        }
         // no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer check
         // can miss its window and panic ("IO-APIC + timer doesn't work!"); seen in CI
         // with several VMs booting at once on 2 cores.
         // nokaslr with a gdb stub: the kernel's symbols are where vmlinux says.
         let append = format!(
-            "console=ttyS0 rdinit={AGENT_PATH} panic=-1 no_timer_check{} {}",
+            "console=ttyS0 rdinit={AGENT_PATH} panic=-1 no_timer_check{} {modules_flag} {}",
             if config.gdb_port.is_some() {
                 " nokaslr"
             } else {
@@ -315,7 +338,7 @@ impl Vm {
             dir,
             kernel: profile.kernel.clone(),
             initrd: private_initrd.clone().unwrap_or(base),
-            append: append.trim_end().to_string(),
+            append: append.split_whitespace().collect::<Vec<_>>().join(" "),
             memory_mib: config.memory_mib,
             cpus: config.cpus,
             use_kvm: config.use_kvm,

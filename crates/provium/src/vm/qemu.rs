@@ -74,6 +74,8 @@ pub struct Drive {
     pub path: PathBuf,
     pub format: DiskFormat,
     pub readonly: bool,
+    /// A serial number the guest sees (`/sys/block/vdX/serial`), to find the disk by.
+    pub serial: Option<String>,
 }
 
 /// Everything needed to start one QEMU.
@@ -576,19 +578,30 @@ fn qemu_args(spec: &LaunchSpec, agent: &Path, uart: &Path, qmp: &Path) -> Vec<St
         // Loopback only: the stub gives full control of the guest.
         args.extend(["-gdb".into(), format!("tcp:127.0.0.1:{port}")]);
     }
-    for drive in &spec.drives {
+    for (index, drive) in spec.drives.iter().enumerate() {
+        let options = format!(
+            "file={},format={},readonly={}",
+            opt_escape(&drive.path),
+            drive.format.as_qemu(),
+            if drive.readonly { "on" } else { "off" }
+        ) + if spec.resume && !drive.readonly {
+            ",snapshot=on"
+        } else {
+            ""
+        };
+        // Every disk is an explicit device, so the guest's /dev/vdX follow this
+        // order (QEMU creates `if=virtio` drives after explicit devices); a serial
+        // is a property of the device, not of `-drive`.
+        let serial = drive
+            .serial
+            .as_ref()
+            .map(|s| format!(",serial={s}"))
+            .unwrap_or_default();
         args.extend([
             "-drive".into(),
-            format!(
-                "file={},format={},if=virtio,readonly={}",
-                opt_escape(&drive.path),
-                drive.format.as_qemu(),
-                if drive.readonly { "on" } else { "off" }
-            ) + if spec.resume && !drive.readonly {
-                ",snapshot=on"
-            } else {
-                ""
-            },
+            format!("{options},if=none,id=disk{index}"),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=disk{index}{serial}"),
         ]);
     }
     if spec.resume {
@@ -736,6 +749,7 @@ mod tests {
             cpus: 2,
             use_kvm: false,
             drives: vec![Drive {
+                serial: None,
                 path: "/img/a,b.qcow2".into(),
                 format: DiskFormat::Qcow2,
                 readonly: true,
@@ -754,7 +768,10 @@ mod tests {
             joined.contains("-accel tcg -cpu max -m 512M -smp 2"),
             "{joined}"
         );
-        assert!(joined.contains("file=/img/a,,b.qcow2,format=qcow2,if=virtio,readonly=on"));
+        assert!(joined.contains(
+            "-drive file=/img/a,,b.qcow2,format=qcow2,readonly=on,if=none,id=disk0 \
+             -device virtio-blk-pci,drive=disk0"
+        ));
         let console = joined.find("-serial chardev:console").unwrap();
         let uart = joined.find("-serial chardev:uart1").unwrap();
         assert!(console < uart, "ttyS0 must be the console: {joined}");
@@ -764,6 +781,7 @@ mod tests {
     #[test]
     fn resume_args_wait_for_a_snapshot_and_overlay_writable_drives() {
         let drive = |path: &str, readonly| Drive {
+            serial: None,
             path: path.into(),
             format: DiskFormat::Raw,
             readonly,
@@ -786,8 +804,10 @@ mod tests {
         let args = qemu_args(&spec, sock, sock, sock);
         let joined = args.join(" ");
         assert!(joined.ends_with("-incoming defer"), "{joined}");
-        assert!(joined.contains("file=/img/root,format=raw,if=virtio,readonly=on "));
-        assert!(joined.contains("file=/img/data,format=raw,if=virtio,readonly=off,snapshot=on"));
+        assert!(joined.contains("file=/img/root,format=raw,readonly=on,if=none,id=disk0 "));
+        assert!(
+            joined.contains("file=/img/data,format=raw,readonly=off,snapshot=on,if=none,id=disk1")
+        );
         let cold = qemu_args(
             &LaunchSpec {
                 resume: false,
