@@ -1,9 +1,12 @@
 //! Reporting: the run event contract, the terminal reporter, and the machine-readable
 //! reports (`--json`, `--junit`, `--ktap`), each a consumer of the same events.
 
+mod attempts;
 pub mod event;
 pub mod json;
+pub mod junit;
 pub mod reporter;
+mod text;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -57,14 +60,23 @@ impl ReportFiles {
             };
             sinks.push(Box::new(json::JsonLines::new(out)));
         }
+        if let Some(path) = &self.junit {
+            let out = BufWriter::new(create("JUnit", path)?);
+            let sink = junit::JunitXml::new(out).map_err(|source| error("JUnit", path, source))?;
+            sinks.push(Box::new(sink));
+        }
         Ok(sinks)
     }
 }
 
 fn create(what: &'static str, path: &Path) -> Result<File, ReportError> {
-    File::create(path).map_err(|source| ReportError {
+    File::create(path).map_err(|source| error(what, path, source))
+}
+
+fn error(what: &'static str, path: &Path, source: io::Error) -> ReportError {
+    ReportError {
         what,
         path: path.to_path_buf(),
         source,
-    })
+    }
 }
