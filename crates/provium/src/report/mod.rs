@@ -5,6 +5,7 @@ mod attempts;
 pub mod event;
 pub mod json;
 pub mod junit;
+pub mod ktap;
 pub mod reporter;
 mod text;
 
@@ -64,6 +65,10 @@ impl ReportFiles {
             let out = BufWriter::new(create("JUnit", path)?);
             let sink = junit::JunitXml::new(out).map_err(|source| error("JUnit", path, source))?;
             sinks.push(Box::new(sink));
+        }
+        if let Some(path) = &self.ktap {
+            let out = BufWriter::new(create("KTAP", path)?);
+            sinks.push(Box::new(ktap::Ktap::new(out)));
         }
         Ok(sinks)
     }
