@@ -45,12 +45,18 @@ impl Sandbox {
 
     /// Runs `provium <args>` in the sandbox directory.
     pub fn provium(&self, args: &[&str]) -> Run {
+        self.provium_env(args, &[])
+    }
+
+    /// Runs `provium <args>` in the sandbox directory with `env` added.
+    pub fn provium_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut command = Command::new(env!("CARGO_BIN_EXE_provium"));
         command
             .args(args)
             .current_dir(self.dir.path())
             .env("PROVIUM_RUNS_DIR", &self.runs)
-            .env_remove("NO_COLOR");
+            .env_remove("NO_COLOR")
+            .envs(env.iter().copied());
         let output = command.output().expect("run provium");
         Run::new(args, self.dir.path(), output)
     }
