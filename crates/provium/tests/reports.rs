@@ -326,9 +326,14 @@ fn report_paths_are_checked_before_the_run() {
     for (flag, kind) in [("--junit", "JUnit"), ("--ktap", "KTAP"), ("--json", "JSON")] {
         let run = sb.provium(&["test", flag, "missing/dir/r", "t"]);
         run.expect_code(1);
-        run.assert_stderr_contains(&format!(
-            "error: cannot create the {kind} report missing/dir/r: "
-        ));
+        assert_eq!(
+            run.stderr,
+            format!(
+                "error: cannot create the {kind} report missing/dir/r: \
+                 No such file or directory (os error 2)\n"
+            ),
+            "{run}"
+        );
         assert_eq!(run.stdout, "", "nothing ran\n{run}");
     }
     assert!(sb.run_dirs().is_empty());

@@ -32,12 +32,15 @@ impl<W: Write> Sink for Reporter<W> {
 }
 
 /// A report file that cannot be opened.
+///
+/// The I/O error is part of the message and deliberately not its `source()`: the CLI
+/// prints an error's whole chain, which would repeat it.
 #[derive(Debug, Error)]
-#[error("cannot create the {what} report {}: {source}", .path.display())]
+#[error("cannot create the {what} report {}: {io}", .path.display())]
 pub struct ReportError {
     pub what: &'static str,
     pub path: PathBuf,
-    pub source: io::Error,
+    pub io: io::Error,
 }
 
 /// The machine-readable reports a run writes besides the terminal's.
@@ -63,7 +66,7 @@ impl ReportFiles {
         }
         if let Some(path) = &self.junit {
             let out = BufWriter::new(create("JUnit", path)?);
-            let sink = junit::JunitXml::new(out).map_err(|source| error("JUnit", path, source))?;
+            let sink = junit::JunitXml::new(out).map_err(|io| error("JUnit", path, io))?;
             sinks.push(Box::new(sink));
         }
         if let Some(path) = &self.ktap {
@@ -75,13 +78,13 @@ impl ReportFiles {
 }
 
 fn create(what: &'static str, path: &Path) -> Result<File, ReportError> {
-    File::create(path).map_err(|source| error(what, path, source))
+    File::create(path).map_err(|io| error(what, path, io))
 }
 
-fn error(what: &'static str, path: &Path, source: io::Error) -> ReportError {
+fn error(what: &'static str, path: &Path, io: io::Error) -> ReportError {
     ReportError {
         what,
         path: path.to_path_buf(),
-        source,
+        io,
     }
 }
