@@ -7,12 +7,15 @@
 //! at a fixed width (padded with spaces before its `>`, which XML allows), is
 //! rewritten in place with the new totals — so a killed run leaves a valid report
 //! whose totals match the suites it holds. At the end the root gets the run's time.
+//! Both are positioned writes (`pwrite`): two system calls per file.
 //!
 //! XML 1.0 cannot carry NUL, the other C0 controls but tab, newline and carriage
 //! return, U+FFFE and U+FFFF: they are written visibly (`\x00`, `\u{fffe}`).
 
 use std::collections::HashMap;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event as Xml};
@@ -26,8 +29,31 @@ use super::Sink;
 /// The root's closing tag, written after the last suite and written over by the next.
 const CLOSE: &[u8] = b"\n</testsuites>\n";
 
+/// Where a report is written: whole buffers at given offsets.
+pub trait WriteAt {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+}
+
+impl WriteAt for File {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+}
+
+impl WriteAt for Vec<u8> {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let end = start + buf.len();
+        if self.len() < end {
+            self.resize(end, 0);
+        }
+        self[start..end].copy_from_slice(buf);
+        Ok(())
+    }
+}
+
 /// Writes a JUnit XML report to `out` as the run's files finish.
-pub struct JunitXml<W: Write + Seek> {
+pub struct JunitXml<W: WriteAt> {
     out: W,
     /// Renders suites, indented one level under the root.
     xml: Writer<Vec<u8>>,
@@ -124,19 +150,19 @@ struct Rerun {
     console: Option<String>,
 }
 
-impl<W: Write + Seek> JunitXml<W> {
-    /// Writes an empty report (a valid document) and returns the sink.
+impl<W: WriteAt> JunitXml<W> {
+    /// Writes an empty report (a valid document) at the start of `out` and returns
+    /// the sink.
     pub fn new(mut out: W) -> io::Result<Self> {
         let mut head = Writer::new(Vec::new());
         head.write_event(Xml::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
         let mut head = head.into_inner();
         head.push(b'\n');
-        let root_at = out.stream_position()? + head.len() as u64;
+        let root_at = head.len() as u64;
         let root_width = root_tag(&Counts::WIDEST)?.len();
-        out.write_all(&head)?;
-        out.write_all(&padded(root_tag(&Counts::default())?, root_width))?;
-        out.write_all(CLOSE)?;
-        out.flush()?;
+        head.extend_from_slice(&padded(root_tag(&Counts::default())?, root_width));
+        head.extend_from_slice(CLOSE);
+        out.write_all_at(&head, 0)?;
         // Suites are rendered one level into the root, which this writer then
         // believes it has opened; the root's own tags are written apart.
         let mut xml = Writer::new_with_indent(Vec::new(), b' ', 2);
@@ -161,25 +187,23 @@ impl<W: Write + Seek> JunitXml<W> {
         let cases = cases_with_history(report, earlier);
         let counts = Counts::of(&cases, report.duration);
         render_suite(&mut self.xml, report, &cases, &counts)?;
-        let suite = std::mem::take(self.xml.get_mut());
-        self.out.seek(SeekFrom::Start(self.close_at))?;
-        self.out.write_all(&suite)?;
-        self.out.write_all(CLOSE)?;
-        self.close_at += suite.len() as u64;
+        let mut suite = std::mem::take(self.xml.get_mut());
+        let suite_len = suite.len() as u64;
+        suite.extend_from_slice(CLOSE);
+        self.out.write_all_at(&suite, self.close_at)?;
+        self.close_at += suite_len;
         self.totals.add(&counts);
         self.write_root()
     }
 
-    /// Rewrites the root's start tag with the current totals, then flushes.
+    /// Rewrites the root's start tag with the current totals.
     fn write_root(&mut self) -> io::Result<()> {
         let tag = padded(root_tag(&self.totals)?, self.root_width);
-        self.out.seek(SeekFrom::Start(self.root_at))?;
-        self.out.write_all(&tag)?;
-        self.out.flush()
+        self.out.write_all_at(&tag, self.root_at)
     }
 }
 
-impl<W: Write + Seek> Sink for JunitXml<W> {
+impl<W: WriteAt> Sink for JunitXml<W> {
     fn handle(&mut self, event: &Event) -> io::Result<()> {
         match event {
             Event::FileFinished(report) => {
@@ -431,7 +455,6 @@ fn text_element(
 mod tests {
     use super::*;
     use crate::report::event::{RunSummary, SubtestReport};
-    use std::io::Cursor;
 
     fn report(name: &str, outcome: Outcome, subtests: Vec<SubtestReport>) -> FileReport {
         FileReport {
@@ -457,11 +480,11 @@ mod tests {
     }
 
     fn render(events: &[Event]) -> String {
-        let mut sink = JunitXml::new(Cursor::new(Vec::new())).unwrap();
+        let mut sink = JunitXml::new(Vec::new()).unwrap();
         for event in events {
             sink.handle(event).unwrap();
         }
-        String::from_utf8(sink.into_inner().into_inner()).unwrap()
+        String::from_utf8(sink.into_inner()).unwrap()
     }
 
     /// What follows the root's start tag.
@@ -645,7 +668,7 @@ more</stackTrace>
 
     #[test]
     fn the_document_parses_after_every_write_with_totals_matching_its_suites() {
-        let mut sink = JunitXml::new(Cursor::new(Vec::new())).unwrap();
+        let mut sink = JunitXml::new(Vec::new()).unwrap();
         let mut retried = report("r.lua", Outcome::Failed, vec![]);
         retried.retrying = true;
         let events = [
@@ -664,7 +687,7 @@ more</stackTrace>
         ];
         for (i, event) in events.iter().enumerate() {
             sink.handle(event).unwrap();
-            let text = std::str::from_utf8(sink.out.get_ref()).unwrap();
+            let text = std::str::from_utf8(&sink.out).unwrap();
             let doc = roxmltree::Document::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
             let root = doc.root_element();
             let suites: Vec<_> = root

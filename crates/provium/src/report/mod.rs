@@ -65,8 +65,8 @@ impl ReportFiles {
             sinks.push(Box::new(json::JsonLines::new(out)));
         }
         if let Some(path) = &self.junit {
-            let out = BufWriter::new(create("JUnit", path)?);
-            let sink = junit::JunitXml::new(out).map_err(|io| error("JUnit", path, io))?;
+            let sink = junit::JunitXml::new(create("JUnit", path)?)
+                .map_err(|io| error("JUnit", path, io))?;
             sinks.push(Box::new(sink));
         }
         if let Some(path) = &self.ktap {
