@@ -236,13 +236,17 @@ impl SelectArgs {
     }
 
     /// Discovers and selects; `None` when `--rerun-failed` has nothing to rerun (the
-    /// reason is printed).
-    fn files(&self) -> anyhow::Result<Option<(Vec<TestFile>, Option<PartitionInfo>)>> {
+    /// reason is printed to `note`).
+    fn files(
+        &self,
+        note: &mut dyn Write,
+    ) -> anyhow::Result<Option<(Vec<TestFile>, Option<PartitionInfo>)>> {
         let found = discover::discover_all(&self.paths)?;
         match engine::select(found, &self.paths, &self.filters(), &runs::runs_parent())? {
             Selection::Files { files, partition } => Ok(Some((files, partition))),
             Selection::NothingToRerun(why) => {
-                println!("{why}");
+                // A closed stream must not turn "nothing to do" into an error.
+                let _ = writeln!(note, "{why}");
                 Ok(None)
             }
         }
@@ -315,7 +319,14 @@ fn clap_exit(error: clap::Error) -> Exit {
 fn test(args: TestArgs) -> anyhow::Result<Exit> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let config = config::load(&cwd)?;
-    let Some((files, partition_info)) = args.select.files()? else {
+    let json_on_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    // With `--json -`, stdout carries JSON only: everything else goes to stderr.
+    let mut note: Box<dyn Write> = if json_on_stdout {
+        Box::new(io::stderr())
+    } else {
+        Box::new(io::stdout())
+    };
+    let Some((files, partition_info)) = args.select.files(&mut note)? else {
         return Ok(Exit::Success);
     };
     let dispatch = args.dispatch_options(&config);
@@ -327,7 +338,6 @@ fn test(args: TestArgs) -> anyhow::Result<Exit> {
         dispatch,
         partition: args.select.partition.zip(partition_info),
     };
-    let json_on_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
     let outputs = ReportFiles {
         junit: args.junit.clone(),
         json: args.json.clone(),
@@ -377,7 +387,7 @@ fn lsp_setup(dir: Option<PathBuf>) -> anyhow::Result<Exit> {
 
 /// `provium list`: the files a `provium test` with the same selection would run.
 fn list(args: ListArgs) -> anyhow::Result<Exit> {
-    let Some((files, _)) = args.select.files()? else {
+    let Some((files, _)) = args.select.files(&mut io::stdout())? else {
         return Ok(Exit::Success);
     };
     let mut out = io::stdout().lock();

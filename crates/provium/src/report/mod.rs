@@ -1,9 +1,13 @@
 //! Reporting: the run event contract, the terminal reporter, and the machine-readable
 //! reports (`--json`, `--junit`, `--ktap`), each a consumer of the same events.
 
+mod attempts;
 pub mod event;
 pub mod json;
+pub mod junit;
+pub mod ktap;
 pub mod reporter;
+mod text;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -28,12 +32,15 @@ impl<W: Write> Sink for Reporter<W> {
 }
 
 /// A report file that cannot be opened.
+///
+/// The I/O error is part of the message and deliberately not its `source()`: the CLI
+/// prints an error's whole chain, which would repeat it.
 #[derive(Debug, Error)]
-#[error("cannot create the {what} report {}: {source}", .path.display())]
+#[error("cannot create the {what} report {}: {io}", .path.display())]
 pub struct ReportError {
     pub what: &'static str,
     pub path: PathBuf,
-    pub source: io::Error,
+    pub io: io::Error,
 }
 
 /// The machine-readable reports a run writes besides the terminal's.
@@ -57,14 +64,27 @@ impl ReportFiles {
             };
             sinks.push(Box::new(json::JsonLines::new(out)));
         }
+        if let Some(path) = &self.junit {
+            let sink = junit::JunitXml::new(create("JUnit", path)?)
+                .map_err(|io| error("JUnit", path, io))?;
+            sinks.push(Box::new(sink));
+        }
+        if let Some(path) = &self.ktap {
+            let out = BufWriter::new(create("KTAP", path)?);
+            sinks.push(Box::new(ktap::Ktap::new(out)));
+        }
         Ok(sinks)
     }
 }
 
 fn create(what: &'static str, path: &Path) -> Result<File, ReportError> {
-    File::create(path).map_err(|source| ReportError {
+    File::create(path).map_err(|io| error(what, path, io))
+}
+
+fn error(what: &'static str, path: &Path, io: io::Error) -> ReportError {
+    ReportError {
         what,
         path: path.to_path_buf(),
-        source,
-    })
+        io,
+    }
 }
