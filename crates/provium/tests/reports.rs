@@ -374,8 +374,8 @@ fn json_lines_record_every_event_in_order() {
     );
     assert_eq!(last["not_run"], 0);
 
-    // Per file: one start, then one end; its sub-tests after its start, as many as
-    // its end counts.
+    // Per file: one start, then one end; its sub-tests between the two, of its
+    // attempt, as many as its end counts.
     let mut started: BTreeMap<String, usize> = BTreeMap::new();
     let mut finished: BTreeMap<String, Value> = BTreeMap::new();
     let mut tests: BTreeMap<String, usize> = BTreeMap::new();
@@ -392,6 +392,8 @@ fn json_lines_record_every_event_in_order() {
             }
             "test_finished" => {
                 assert!(started.contains_key(&file), "sub-test before its file");
+                assert!(!finished.contains_key(&file), "sub-test after its file");
+                assert_eq!(event["attempt"], 1);
                 *tests.entry(file).or_default() += 1;
             }
             "run_started" | "run_finished" => assert!(i == 0 || i == events.len() - 1),

@@ -170,6 +170,11 @@ pub fn run(
         }
         match receiver.recv_timeout(TICK) {
             Ok((slot, report)) => {
+                // What the file sent while it ran (its sub-tests, its boots) comes
+                // before its end.
+                for event in events.try_iter() {
+                    emit(event);
+                }
                 // A file reported for it (abandoned) may still come back: ignored.
                 if let Some(r) = running.remove(&slot) {
                     let outcome = finish(report, r.work, &options, &mut done, emit);

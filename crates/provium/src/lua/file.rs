@@ -125,7 +125,7 @@ pub(crate) fn run_lua_file<T>(
     let ctx = Rc::new(FileContext::new(
         Arc::clone(run),
         file,
-        index,
+        (index, attempt),
         cancel.clone(),
         log,
     ));

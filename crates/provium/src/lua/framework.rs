@@ -405,6 +405,7 @@ fn register_test_hooks(lua: &Lua, hooks: &Table, state: &Rc<RefCell<State>>) -> 
                 if let Some(ctx) = &ctx {
                     ctx.run().events.send(Event::TestFinished {
                         file: ctx.name().to_string(),
+                        attempt: ctx.attempt(),
                         test: report.clone(),
                     });
                 }

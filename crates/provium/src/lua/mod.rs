@@ -63,6 +63,8 @@ pub struct FileContext {
     run: Arc<RunContext>,
     file: TestFile,
     index: usize,
+    /// 1 for the file's first run; more with `--retries`.
+    attempt: u32,
     /// When the file must stop (its limits, the run's interrupt).
     cancel: Cancel,
     log: RefCell<Option<FileLog>>,
@@ -82,7 +84,7 @@ impl FileContext {
     fn new(
         run: Arc<RunContext>,
         file: &TestFile,
-        index: usize,
+        (index, attempt): (usize, u32),
         cancel: Cancel,
         log: Option<FileLog>,
     ) -> Self {
@@ -90,6 +92,7 @@ impl FileContext {
             run: Arc::clone(&run),
             file: file.clone(),
             index,
+            attempt,
             cancel,
             log: RefCell::new(log),
             consoles: RefCell::new(Vec::new()),
@@ -136,6 +139,11 @@ impl FileContext {
     /// fixture search stop there).
     pub fn root_dir(&self) -> &Path {
         &self.file.root.dir
+    }
+
+    /// Which run of the file this is (1, then more with `--retries`).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     /// When this file must stop.

@@ -22,8 +22,12 @@ pub enum Event {
     FileStarted { name: String, attempt: u32 },
     /// A VM finished booting (or resuming from a fixture) for a file.
     VmBooted(VmBooted),
-    /// A sub-test of a running file ended.
-    TestFinished { file: String, test: SubtestReport },
+    /// A sub-test of a running file ended (in attempt `attempt` of the file).
+    TestFinished {
+        file: String,
+        attempt: u32,
+        test: SubtestReport,
+    },
     /// An attempt at a file ended (however it ended). The terminal renders the last
     /// attempt as one whole block; machine reports record every attempt.
     FileFinished(FileReport),

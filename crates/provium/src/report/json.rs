@@ -71,7 +71,11 @@ impl<W: Write> Sink for JsonLines<W> {
                 "accel": boot.accel,
                 "fixture": boot.fixture,
             }),
-            Event::TestFinished { file, test } => test_json(file, test),
+            Event::TestFinished {
+                file,
+                attempt,
+                test,
+            } => test_json(file, *attempt, test),
             Event::FileFinished(report) => file_json(report),
             Event::Notice(text) => json!({ "type": "notice", "text": text }),
             Event::Tick => return Ok(()),
@@ -113,10 +117,11 @@ fn pool_json(pool: &PoolMode) -> Value {
     }
 }
 
-fn test_json(file: &str, test: &SubtestReport) -> Value {
+fn test_json(file: &str, attempt: u32, test: &SubtestReport) -> Value {
     json!({
         "type": "test_finished",
         "file": file,
+        "attempt": attempt,
         "name": test.name,
         "outcome": test.outcome.name(),
         "duration_ms": millis(test.duration),
@@ -184,6 +189,7 @@ mod tests {
             }),
             Event::TestFinished {
                 file: "a.lua".into(),
+                attempt: 1,
                 test: SubtestReport {
                     name: "t\u{0}<&>".into(),
                     outcome: Outcome::Failed,
