@@ -1,6 +1,6 @@
-//! Command-line interface: argument parsing, the `test` and `version` commands, and
-//! the process exit codes (all of them defined here, in [`Exit`]). Runs themselves
-//! belong to the engine; this module turns flags into its inputs and its events into
+//! Command-line interface: argument parsing, the commands (`test`, `list`, `prepare`,
+//! `lsp-setup`, `version`), and the process exit codes (all of them defined here, in
+//! [`Exit`]). Runs themselves belong to the engine; this module turns flags into its inputs and its events into
 //! the terminal report.
 
 use std::io::{self, Write};
@@ -78,6 +78,15 @@ enum Command {
     /// Print the files `provium test` with the same selection would run; boots nothing.
     #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
+    /// Run profiles' build commands and prepare everything their boots need on the
+    /// host (modules, initramfs), without booting: every profile of provium.toml, or
+    /// PROFILE.
+    Prepare {
+        /// The profile to prepare [default: every profile of provium.toml, else
+        /// `default`].
+        #[arg(value_name = "PROFILE")]
+        profile: Option<String>,
+    },
     /// Write editor support for test files: type definitions of the Lua API for
     /// lua-language-server, and a .luarc.json pointing at them.
     LspSetup {
@@ -275,6 +284,7 @@ where
         }
         Command::Test(args) => test(args),
         Command::List(args) => list(args),
+        Command::Prepare { profile } => prepare(profile.as_deref()),
         Command::LspSetup { dir } => lsp_setup(dir),
     };
     result.unwrap_or_else(|e| {
@@ -318,7 +328,7 @@ fn clap_exit(error: clap::Error) -> Exit {
 
 fn test(args: TestArgs) -> anyhow::Result<Exit> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let config = config::load(&cwd)?;
+    let config = config::load_for(&args.select.paths, &cwd)?;
     let json_on_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
     // With `--json -`, stdout carries JSON only: everything else goes to stderr.
     let mut note: Box<dyn Write> = if json_on_stdout {
@@ -382,6 +392,40 @@ fn lsp_setup(dir: Option<PathBuf>) -> anyhow::Result<Exit> {
     for path in crate::lua::lsp::setup(&dir)? {
         println!("wrote {}", path.display());
     }
+    Ok(Exit::Success)
+}
+
+/// `provium prepare`: builds and host-side preparation, one line per ready profile.
+fn prepare(only: Option<&str>) -> anyhow::Result<Exit> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let config = config::load(&cwd)?;
+    let names = engine::prepare::profiles_to_prepare(&config, only);
+    engine::prepare::prepare(
+        &config,
+        &names,
+        &runs::runs_parent(),
+        Box::new(|notice| eprintln!("{notice}")),
+        |done| {
+            let p = &done.prepared;
+            let modules = match (&p.modules_tree, &p.modules_disk) {
+                (Some(_), Some(disk)) => format!("modules on {}", disk.display()),
+                (Some(tree), None) => format!("modules in {}", tree.display()),
+                (None, _) => "no modules".to_string(),
+            };
+            println!(
+                "profile '{}': {} in {:.1} s: kernel {} ({}), {modules}",
+                done.name,
+                if done.built {
+                    "built and ready"
+                } else {
+                    "ready"
+                },
+                done.took.as_secs_f64(),
+                p.release,
+                done.kernel.display(),
+            );
+        },
+    )?;
     Ok(Exit::Success)
 }
 

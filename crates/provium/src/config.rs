@@ -68,6 +68,14 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    #[error(
+        "{} and {} belong to different projects ({} and {}): run each project on its own",
+        paths[0].display(), paths[1].display(), configs[0].display(), configs[1].display()
+    )]
+    TwoProjects {
+        paths: [PathBuf; 2],
+        configs: [PathBuf; 2],
+    },
     #[error("{}: unknown top-level key '{key}' (only [profile.NAME] tables and [run] are allowed)", path.display())]
     UnknownTopLevel { path: PathBuf, key: String },
     #[error("{}: [run]: unknown key '{key}' (known keys: {})", path.display(), RUN_KEYS.join(", "))]
@@ -142,23 +150,47 @@ fn where_defined(config: &Option<PathBuf>, root: &Path) -> String {
     }
 }
 
-/// The configuration of a run of `test_path`: the nearest `provium.toml` from the test
-/// path upward, else from `cwd` upward, so `provium test suite/` from a parent
-/// directory uses `suite/provium.toml` as running inside `suite/` would.
-pub fn load_for(test_path: &Path, cwd: &Path) -> Result<Config, ConfigError> {
+/// The configuration of a run of `test_paths`: the nearest `provium.toml` from each
+/// test path upward, else from `cwd` upward, so `provium test suite/` from a parent
+/// directory uses `suite/provium.toml` as running inside `suite/` would. Paths that
+/// lead to different files are refused: one run has one project.
+pub fn load_for(test_paths: &[PathBuf], cwd: &Path) -> Result<Config, ConfigError> {
+    let mut found: Option<(PathBuf, PathBuf)> = None;
+    for test_path in test_paths {
+        let Some(config) = find_for(test_path, cwd) else {
+            continue;
+        };
+        match &found {
+            None => found = Some((config, test_path.clone())),
+            Some((first, first_path)) if *first != config => {
+                return Err(ConfigError::TwoProjects {
+                    paths: [first_path.clone(), test_path.clone()],
+                    configs: [first.clone(), config],
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    match found {
+        Some((path, _)) => load_file(&path),
+        None => load(cwd),
+    }
+}
+
+/// The `provium.toml` that governs `test_path`: from its directory upward, else from
+/// `cwd` upward.
+fn find_for(test_path: &Path, cwd: &Path) -> Option<PathBuf> {
     let test_path = cwd.join(test_path);
     let start = if test_path.is_dir() {
-        test_path.clone()
+        test_path
     } else {
         test_path
             .parent()
             .map_or(cwd.to_path_buf(), Path::to_path_buf)
     };
     let start = std::path::absolute(&start).unwrap_or(start);
-    match find(&start) {
-        Some(path) => load_file(&path),
-        None => load(cwd),
-    }
+    let start = std::fs::canonicalize(&start).unwrap_or(start);
+    find(&start).or_else(|| find(&std::path::absolute(cwd).unwrap_or(cwd.to_path_buf())))
 }
 
 /// Finds the nearest `provium.toml` from `start_dir` upward and loads it. No file is

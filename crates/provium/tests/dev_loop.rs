@@ -1,4 +1,5 @@
-//! The developer's loop from the command line: editor support (`provium lsp-setup`).
+//! The developer's loop from the command line: editor support (`provium lsp-setup`),
+//! gdb, suites run from anywhere.
 
 mod common;
 
@@ -50,4 +51,117 @@ fn a_real_gdb_attaches_to_the_guest_kernel_and_the_guest_goes_on() {
     run.expect_code(0);
     run.assert_stderr_contains("provium: VM gdb.lua#1: gdb stub at localhost:");
     run.assert_stderr_contains("; attach with: gdb ");
+}
+
+/// `provium test suite/` from the parent directory uses `suite/provium.toml`: its
+/// `[run]` settings, and its directory for relative paths.
+#[test]
+fn a_suite_runs_from_its_parent_directory_with_its_own_config() {
+    let sb = Sandbox::new();
+    sb.tree(
+        "suite",
+        &[
+            ("provium.toml", "[run]\ntimeout = \"1s\"\n"),
+            ("spin.lua", "while true do end\n"),
+        ],
+    );
+    let run = sb.provium(&["test", "suite"]);
+    run.expect_code(1);
+    run.assert_stdout_contains("spin.lua");
+    run.assert_stdout_contains("timed out");
+}
+
+#[test]
+fn paths_of_two_projects_in_one_run_are_refused() {
+    let sb = Sandbox::new();
+    sb.tree("a", &[("provium.toml", ""), ("one.lua", "")]);
+    sb.tree("b", &[("provium.toml", ""), ("two.lua", "")]);
+    let run = sb.provium(&["test", "a", "b/two.lua"]);
+    run.expect_code(1);
+    run.assert_stderr_contains("a and b/two.lua belong to different projects (");
+    run.assert_stderr_contains("a/provium.toml and ");
+    run.assert_stderr_contains("b/provium.toml): run each project on its own");
+}
+
+#[test]
+fn a_suite_from_its_parent_directory_finds_its_files_in_a_real_vm() {
+    let sb = Sandbox::new();
+    sb.tree(
+        "suite",
+        &[
+            ("provium.toml", ""),
+            ("data/marker", "from the suite\n"),
+            (
+                "files.lua",
+                "local vm = provium.create()\n\
+                 vm:boot({ memory = '256M', files = { ['/marker'] = 'data/marker' } })\n\
+                 assert_eq('from the suite\\n', vm:exec('cat /marker').stdout.value)\n",
+            ),
+        ],
+    );
+    let run = sb.provium(&["test", "suite"]);
+    run.expect_code(0);
+}
+
+/// A host kernel image for profiles in these tests (what the default profile boots).
+fn host_kernel() -> String {
+    let mut kernels: Vec<_> = fs::read_dir("/boot")
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
+        .collect();
+    kernels.sort();
+    kernels
+        .pop()
+        .expect("a kernel in /boot")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn prepare_runs_the_build_and_readies_the_profile_without_booting() {
+    let sb = Sandbox::new();
+    let kernel = host_kernel();
+    sb.tree(
+        "p",
+        &[(
+            "provium.toml",
+            &format!(
+                "[profile.mine]\nkernel = \"out/bzImage\"\n\
+                 build = \"mkdir -p out && cp {kernel} out/bzImage && echo compiled\"\n"
+            ),
+        )],
+    );
+    let run = sb.provium_in("p", &["prepare"]);
+    run.expect_code(0);
+    run.assert_stderr_contains("provium: building profile 'mine': mkdir -p out");
+    run.assert_stdout_contains("profile 'mine': built and ready in ");
+    run.assert_stdout_contains("/p/out/bzImage), ");
+    assert!(sb.root().join("p/out/bzImage").is_file());
+}
+
+#[test]
+fn prepare_stops_at_a_failed_build_with_its_log() {
+    let sb = Sandbox::new();
+    sb.tree(
+        "p",
+        &[(
+            "provium.toml",
+            "[profile.broken]\nkernel = \"out/bzImage\"\n\
+             build = \"echo 'cc: error: no such file'; exit 3\"\n",
+        )],
+    );
+    let run = sb.provium_in("p", &["prepare", "broken"]);
+    run.expect_code(1);
+    run.assert_stderr_contains("error: profile 'broken': build `echo 'cc: error: no such file'; exit 3` failed (exit status: 3) (log: ");
+    run.assert_stderr_contains("last lines of the build log:\ncc: error: no such file\n");
+    let unknown = sb.provium_in("p", &["prepare", "nope"]);
+    unknown.expect_code(1);
+    unknown
+        .assert_stderr_contains("error: unknown profile 'nope'; known profiles: broken, default");
 }

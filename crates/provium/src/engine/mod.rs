@@ -8,6 +8,7 @@
 //! the events; they hold no run state of their own.
 
 pub mod dispatch;
+pub mod prepare;
 pub mod select;
 
 use std::path::PathBuf;

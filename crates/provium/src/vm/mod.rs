@@ -214,6 +214,55 @@ pub struct Vm {
     origin: Origin,
 }
 
+/// What a profile's boots share, made on the host before any QEMU starts and cached
+/// across runs: see [`prepare`].
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The kernel's release (`uname -r` in the guest).
+    pub release: String,
+    /// The profile's initramfs with the agent and its virtio modules appended.
+    pub base_initrd: PathBuf,
+    /// The kernel's `lib/modules/<release>` tree, when it has modules here.
+    pub modules_tree: Option<PathBuf>,
+    /// The read-only disk of that tree, for a guest whose agent stays PID 1 (a
+    /// profile's own init and root file system bring their own modules).
+    pub modules_disk: Option<PathBuf>,
+}
+
+/// Makes, or finds in the cache, everything the host prepares for a boot of
+/// `profile`: the kernel's release, its modules tree (staged with `depmod` from a
+/// build tree), the base initramfs and the modules disk. `provium prepare` runs it
+/// alone; every boot runs it first (cheap once cached).
+pub fn prepare(profile: &BootProfile) -> Result<Prepared, BootError> {
+    let release = kernel::kernel_version(&profile.kernel).map_err(|source| BootError::Kernel {
+        profile: profile.name.clone(),
+        source,
+    })?;
+    let cache = default_profile::cache_dir();
+    let modules_tree = modules::tree(&profile.name, profile.modules.as_deref(), &release, &cache)?;
+    let agent_modules = initrd::agent_modules(&profile.name, modules_tree.as_deref())?;
+    let base_initrd = initrd::prepare_base(
+        &cache.join("initrd"),
+        &initrd::BaseInputs {
+            profile: &profile.name,
+            user_initrd: profile.initrd.as_deref(),
+            init: &profile.init,
+            modules: &agent_modules,
+            agent: agent_bin::AGENT,
+        },
+    )?;
+    let modules_disk = match (&modules_tree, profile.init == "none") {
+        (Some(tree), true) => Some(modules::disk(&profile.name, tree, &cache)?),
+        _ => None,
+    };
+    Ok(Prepared {
+        release,
+        base_initrd,
+        modules_tree,
+        modules_disk,
+    })
+}
+
 impl Vm {
     /// Takes a lease for the VM from the file's pool slot (waiting until it fits),
     /// boots or resumes it, and marks the lease booted. The VM holds the lease until
@@ -263,31 +312,13 @@ impl Vm {
     pub fn boot(config: VmConfig, lease: Option<Lease>) -> Result<Vm, BootError> {
         let start = Instant::now();
         let profile = &config.profile;
-        let kernel_err = |source| BootError::Kernel {
-            profile: profile.name.clone(),
-            source,
-        };
-        let release = kernel::kernel_version(&profile.kernel).map_err(kernel_err)?;
-        let cache = default_profile::cache_dir();
-        let module_tree =
-            modules::tree(&profile.name, profile.modules.as_deref(), &release, &cache)?;
-        let modules = initrd::agent_modules(&profile.name, module_tree.as_deref())?;
-        let base = initrd::prepare_base(
-            &default_profile::cache_dir().join("initrd"),
-            &initrd::BaseInputs {
-                profile: &profile.name,
-                user_initrd: profile.initrd.as_deref(),
-                init: &profile.init,
-                modules: &modules,
-                agent: agent_bin::AGENT,
-            },
-        )?;
+        let prepared = prepare(profile)?;
         let dir = boot::vm_dir(&config.run_dir, &config.name)?;
         let private_initrd = if config.files.is_empty() {
             None
         } else {
             let path = dir.join("initrd.img");
-            initrd::with_files(&base, &config.files, &path)?;
+            initrd::with_files(&prepared.base_initrd, &config.files, &path)?;
             Some(path)
         };
 
@@ -306,13 +337,11 @@ impl Vm {
             format: d.format,
             readonly: d.readonly,
         }));
-        // A guest whose agent stays PID 1 gets the kernel's modules on a read-only
-        // disk after the test's own (so /dev/vda stays theirs); a profile's own init
-        // and root file system bring their own modules.
+        // The modules disk goes after the test's own, so /dev/vda stays theirs.
         let mut modules_flag = "";
-        if let (true, Some(tree)) = (profile.init == "none", &module_tree) {
+        if let Some(disk) = &prepared.modules_disk {
             drives.push(Drive {
-                path: modules::disk(&profile.name, tree, &cache)?,
+                path: disk.clone(),
                 format: DiskFormat::Raw,
                 readonly: true,
                 serial: Some(modules::DISK_SERIAL.to_string()),
@@ -337,7 +366,7 @@ impl Vm {
             qemu: config.qemu.clone(),
             dir,
             kernel: profile.kernel.clone(),
-            initrd: private_initrd.clone().unwrap_or(base),
+            initrd: private_initrd.clone().unwrap_or(prepared.base_initrd),
             append: append.split_whitespace().collect::<Vec<_>>().join(" "),
             memory_mib: config.memory_mib,
             cpus: config.cpus,

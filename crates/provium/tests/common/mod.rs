@@ -48,12 +48,21 @@ impl Sandbox {
         self.provium_with_env(args, &[])
     }
 
+    /// Runs `provium <args>` in the sandbox's subdirectory `dir`.
+    pub fn provium_in(&self, dir: &str, args: &[&str]) -> Run {
+        self.provium_at(&self.dir.path().join(dir), args, &[])
+    }
+
     /// Runs `provium <args>` in the sandbox directory with `env` added.
     pub fn provium_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        self.provium_at(self.dir.path(), args, env)
+    }
+
+    fn provium_at(&self, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut command = Command::new(env!("CARGO_BIN_EXE_provium"));
         command
             .args(args)
-            .current_dir(self.dir.path())
+            .current_dir(cwd)
             .env("PROVIUM_RUNS_DIR", &self.runs)
             .env_remove("NO_COLOR")
             .envs(env.iter().copied());
