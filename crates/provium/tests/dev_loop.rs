@@ -165,3 +165,38 @@ fn prepare_stops_at_a_failed_build_with_its_log() {
     unknown
         .assert_stderr_contains("error: unknown profile 'nope'; known profiles: broken, default");
 }
+
+#[test]
+fn kernel_release_reads_the_profile_kernel_without_booting() {
+    let sb = Sandbox::new();
+    let kernel = host_kernel();
+    let release = kernel.rsplit_once("vmlinuz-").unwrap().1.to_string();
+    sb.tree(
+        "t",
+        &[
+            (
+                "provium.toml",
+                &format!(
+                    "[profile.host]\nkernel = \"{kernel}\"\n\
+                     [profile.text]\nkernel = \"notes.txt\"\n"
+                ),
+            ),
+            ("notes.txt", "not a kernel\n"),
+            (
+                "release.lua",
+                &format!(
+                    "assert_eq({release:?}, provium.kernel_release('host'))\n\
+                     assert_eq({release:?}, provium.kernel_release())\n\
+                     test('unknown', function() provium.kernel_release('nope') end)\n\
+                     test('not_bzimage', function() provium.kernel_release('text') end)\n"
+                ),
+            ),
+        ],
+    );
+    let run = sb.provium(&["test", "t"]);
+    run.expect_code(1);
+    run.assert_stdout_contains("unknown profile 'nope'; known profiles: default, host, text");
+    run.assert_stdout_contains("kernel_release: profile 'text': kernel ");
+    run.assert_stdout_contains("notes.txt is not an x86 bzImage");
+    run.assert_stdout_contains("0 passed, 1 failed");
+}

@@ -225,6 +225,12 @@ function provium.fixture(name) end
 ---Shuts down every VM this file created.
 function provium.shutdown_all() end
 
+---The release (`uname -r`) of the named profile's kernel (`default` when omitted), read
+---from its image on the host: what an out-of-tree module is built against.
+---@param profile string?
+---@return string
+function provium.kernel_release(profile) end
+
 ---Packs integers little-endian: `fmt` is space-separated u8 u16 i16 u32 i32 u64 i64 (and i8).
 ---@param fmt string
 ---@param ... integer

@@ -71,6 +71,10 @@ pub fn install(lua: &Lua, provium: &Table) -> mlua::Result<()> {
         "shutdown_all",
         plain_errors(lua, lua.create_function(shutdown_all)?)?,
     )?;
+    provium.set(
+        "kernel_release",
+        plain_errors(lua, lua.create_function(kernel_release)?)?,
+    )?;
     Ok(())
 }
 
@@ -161,6 +165,27 @@ fn create(lua: &Lua, profile: Value) -> mlua::Result<AnyUserData> {
     lua.create_any_userdata(LuaVm {
         handle,
         worker: None,
+    })
+}
+
+/// `provium.kernel_release(profile?)`: the release (`uname -r`) of a profile's kernel,
+/// read from its image on the host — what an out-of-tree module must be built
+/// against. A profile with a `build` is built first, as its first boot would.
+fn kernel_release(lua: &Lua, profile: Value) -> mlua::Result<String> {
+    let ctx = FileContext::of(lua)?;
+    let name = match &profile {
+        Value::Nil => host::DEFAULT_PROFILE.to_string(),
+        other => args::text("kernel_release", other, "argument 1 (profile name)")
+            .map_err(|e| fail(lua, e))?,
+    };
+    let run = ctx.run();
+    let profile = run
+        .vm_host
+        .boot_profile(&run.config, &name, run.run_dir.path())
+        .map_err(|e| fail(lua, e))?;
+    crate::vm::kernel::kernel_version(&profile.kernel).map_err(|source| {
+        let profile = name.clone();
+        fail(lua, VmApiError::Kernel { profile, source })
     })
 }
 

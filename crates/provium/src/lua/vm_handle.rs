@@ -43,6 +43,11 @@ pub enum VmApiError {
         op: &'static str,
         source: OptionError,
     },
+    #[error("kernel_release: profile '{profile}': {source}")]
+    Kernel {
+        profile: String,
+        source: crate::vm::kernel::KernelError,
+    },
     #[error("VM {vm}: boot: {reason}")]
     BootOption { vm: String, reason: String },
     #[error("{worker}: {op} is not available on a worker (a worker lives and ends with its VM; end it with worker:kill())")]
