@@ -16,4 +16,5 @@ pub mod qmp;
 pub mod report;
 pub mod runs;
 pub mod shim;
+pub mod tty;
 pub mod vm;
