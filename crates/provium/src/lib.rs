@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod discover;
 pub mod lua;
+pub mod net;
 pub mod procs;
 pub mod qmp;
 pub mod report;
