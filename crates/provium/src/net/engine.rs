@@ -23,9 +23,11 @@ use super::sys::{self, Datagram, EventFd, RecvBatch};
 /// (`overflow`): 4096 full-size frames are 6 MiB, and at 200 ms of latency a direction
 /// still carries 30 MB/s, more than a TCG guest sends.
 const DELAY_LINE_FRAMES: usize = 4096;
-/// Frames waiting for a guest that is not reading (its socket queue is full) before
-/// further frames for it are dropped (`overflow`), as a real switch port's buffer.
-const BACKLOG_FRAMES: usize = 1024;
+/// Frames waiting for a guest that is not reading fast enough (its socket queue is
+/// full) before further frames for it are dropped (`overflow`), as a real switch
+/// port's buffer. 4096 full-size frames (6 MiB) hold a Linux TCP flow's largest window
+/// (`tcp_rmem` max, 6 MiB), so one flow to a live guest loses nothing here.
+const BACKLOG_FRAMES: usize = 4096;
 /// The longest the thread sleeps with nothing to do; only a safety net, since a stop
 /// or a new port wakes it through the eventfd.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -249,14 +251,20 @@ impl Engine {
                 Some(due) => due.saturating_duration_since(now),
                 None => IDLE_WAIT,
             };
-            if !wait.is_zero() {
-                self.flush_capture();
-            }
             self.prepare_poll();
-            match sys::poll(&mut self.pollfds, wait) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+            // A capture is flushed when the switch is about to sleep, so the file is
+            // complete whenever traffic pauses, without a write per busy iteration.
+            let may_idle = !wait.is_zero() && self.shared.capturing.load(Ordering::Relaxed);
+            let ready = if may_idle {
+                self.poll(Duration::ZERO)?
+            } else {
+                0
+            };
+            if ready == 0 {
+                if may_idle {
+                    self.flush_capture();
+                }
+                self.poll(wait)?;
             }
             for entry in 0..self.pollfds.len() {
                 let revents = self.pollfds[entry].revents;
@@ -271,6 +279,14 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// `ppoll` on the prepared descriptors; an interrupted wait counts as nothing ready.
+    fn poll(&mut self, wait: Duration) -> io::Result<usize> {
+        match sys::poll(&mut self.pollfds, wait) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            ready => ready,
+        }
     }
 
     /// Adopts new ports, rules and seed if the handle changed anything.
@@ -502,10 +518,8 @@ impl Engine {
     }
 
     fn flush_capture(&self) {
-        if self.shared.capturing.load(Ordering::Relaxed) {
-            if let Some(writer) = lock(&self.shared.capture).as_mut() {
-                writer.flush_if_needed();
-            }
+        if let Some(writer) = lock(&self.shared.capture).as_mut() {
+            writer.flush_if_needed();
         }
     }
 }

@@ -17,8 +17,9 @@
 //!   it exits; the switch removes it.
 //! - `-netdev stream,addr.type=unix`: frames prefixed by a 4-byte big-endian length
 //!   on a stream socket. The switch would need framing and partial-read state per
-//!   port, and in 7.2 a client (`server=off`) that cannot connect at start-up fails
-//!   to start and never reconnects.
+//!   port, and in 7.2 a client (`server=off`) that cannot connect at start-up keeps
+//!   running with its link silently dead: 7.2 has no `reconnect` (checked: a listener
+//!   created a second later never saw a connection).
 //!
 //! `dgram` is used: no framing, no connection state, the socket can be bound long
 //! before the guest boots. Each port has two switch-side sockets: `rx`, bound at `S`
@@ -58,10 +59,28 @@
 //! `tcpdump -r`; it is flushed whenever the switch goes idle and closed by
 //! [`Switch::stop_capture`] or when the switch is dropped.
 //!
+//! # Buffers and drops
+//!
+//! Nothing is dropped silently: every copy of a frame that is not delivered is
+//! counted on the sending port with its reason ([`PortStats`]). Besides partitions
+//! and loss, a direction's delay line holds at most 4096 frames and a guest that
+//! reads slower than it is sent to gets a 4096-frame backlog (a Linux TCP flow's
+//! largest window) before `overflow` drops; frames for a guest whose QEMU is not
+//! running are `undeliverable`.
+//!
 //! # Addresses
 //!
 //! See [`addr`]: a distinct `10.x.y.0/24` per network within a run, `.1` reserved,
 //! guests at `.2`, `.3`, … in port order, MACs `02:70:76:x:y:host`.
+//!
+//! # Attaching a guest
+//!
+//! [`Switch::add_port`] binds the switch's socket at once and returns a [`Port`]
+//! whose [`Port::qemu_args`] are the `-netdev dgram,…` and `-device
+//! virtio-net-pci,…,mac=…` for that NIC. QEMU may start before or after, and may be
+//! replaced (reboot, resume) on the same port. The guest needs `virtio_net` (with
+//! `failover` and `net_failover` when modular); it should find its interface by the
+//! port's MAC, bring it up and add the port's address with its prefix length.
 
 pub mod addr;
 mod engine;

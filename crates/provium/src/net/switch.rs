@@ -162,7 +162,8 @@ impl Switch {
         let (exit_signal, exited) = mpsc::channel::<()>();
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
-            .name(format!("net-{}", config.network))
+            // Linux shows 15 bytes of it; a NUL would make the name invalid.
+            .name(format!("net-{}", config.network.replace('\0', "?")))
             .spawn(move || {
                 let _exit_signal = exit_signal;
                 engine::run(thread_shared);

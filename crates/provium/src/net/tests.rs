@@ -131,6 +131,13 @@ fn seq_of(frame: &[u8]) -> u32 {
 const MULTICAST: MacAddr = MacAddr([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]);
 
 #[test]
+fn a_switch_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Switch>();
+    shareable::<Port>();
+}
+
+#[test]
 fn ports_get_addresses_macs_sockets_and_qemu_args() {
     let dir = short_dir();
     let switch = switch_in(dir.path(), "lan", 1);
@@ -563,6 +570,53 @@ fn a_slow_reader_gets_every_frame_in_order() {
     assert_eq!(switch.stats("a").unwrap().dropped(), 0);
 }
 
+#[test]
+fn a_guest_that_never_reads_costs_overflow_drops_beyond_the_backlog() {
+    let dir = short_dir();
+    let switch = switch_in(dir.path(), "lan", 1);
+    let (a, b) = learned_pair(&switch);
+    for seq in 0..6000 {
+        a.send(b.mac(), seq);
+    }
+    wait_for("every frame handled", || {
+        let stats = switch.stats("a").unwrap();
+        stats.tx_frames == 6001 && stats.dropped_overflow > 0
+    });
+    let delivered = b.drain_seqs();
+    let dropped = switch.stats("a").unwrap().dropped_overflow;
+    assert_eq!(delivered.len() as u64 + dropped, 6000);
+    assert!(
+        delivered.len() >= 4096,
+        "the backlog held {}",
+        delivered.len()
+    );
+    let prefix: Vec<u32> = (0..delivered.len() as u32).collect();
+    assert_eq!(
+        delivered, prefix,
+        "the first frames, in order; the rest dropped"
+    );
+}
+
+#[test]
+fn a_full_delay_line_drops_the_excess() {
+    let dir = short_dir();
+    let switch = switch_in(dir.path(), "lan", 1);
+    let (a, b) = learned_pair(&switch);
+    switch
+        .impair(Impairment {
+            latency: Duration::from_secs(30),
+            ..Impairment::default()
+        })
+        .unwrap();
+    for seq in 0..4100 {
+        a.send(b.mac(), seq);
+    }
+    wait_for("the excess dropped", || {
+        switch.stats("a").unwrap().dropped_overflow == 4
+    });
+    b.expect_nothing();
+}
+
 /// One record of a capture file.
 #[derive(Debug)]
 struct PcapRecord {
@@ -641,6 +695,25 @@ fn capture_records_every_frame_entering_the_switch() {
         records[0].micros + 1_000 >= started,
         "wall-clock timestamps"
     );
+}
+
+#[test]
+fn a_running_capture_is_complete_on_disk_once_traffic_pauses() {
+    let dir = short_dir();
+    let switch = switch_in(dir.path(), "lan", 1);
+    let (a, b) = learned_pair(&switch);
+    let path = dir.path().join("live.pcap");
+    switch.capture(&path).unwrap();
+    for seq in 0..20 {
+        a.send(b.mac(), seq);
+    }
+    // The global header, then 20 records of a 16-byte header and a 60-byte frame.
+    let complete = 24 + 20 * (16 + 60);
+    wait_for("20 records on disk", || {
+        fs::metadata(&path).is_ok_and(|m| m.len() == complete)
+    });
+    assert_eq!(read_pcap(&path).len(), 20);
+    b.drain_seqs();
 }
 
 #[test]
