@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use provium::net::{MacAddr, Port, Subnet, Switch, SwitchConfig};
@@ -73,14 +73,13 @@ poweroff -f
 struct GuestImage {
     kernel: PathBuf,
     initrd: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
-/// Built once per test process: the default profile's busybox initramfs, then a cpio
-/// with `/init` and the virtio-net modules (dependencies first, as `modules.dep` says).
-fn image() -> &'static GuestImage {
-    static IMAGE: OnceLock<GuestImage> = OnceLock::new();
-    IMAGE.get_or_init(|| {
+impl GuestImage {
+    /// The default profile's busybox initramfs, then a cpio with `/init` and the
+    /// virtio-net modules (dependencies first, as `modules.dep` says), written into
+    /// `dir` (which the caller removes).
+    fn build(dir: &Path) -> GuestImage {
         let resolved = default_profile::resolve(&default_profile::cache_dir())
             .expect("the default profile (linux-image-cloud-amd64, busybox-static)");
         let modules_dir = Path::new("/lib/modules").join(&resolved.kernel_release);
@@ -106,15 +105,13 @@ fn image() -> &'static GuestImage {
             .unwrap();
         let extra = cpio.finish().unwrap();
         let base = fs::read(&resolved.initrd).expect("read the default initramfs");
-        let dir = short_dir();
-        let initrd = dir.path().join("guest.cpio");
+        let initrd = dir.join("guest.cpio");
         shim::write_concatenated(&initrd, &[&base, &extra]).unwrap();
         GuestImage {
             kernel: resolved.kernel,
             initrd,
-            _dir: dir,
         }
-    })
+    }
 }
 
 /// Socket paths must stay under 108 bytes.
@@ -143,8 +140,7 @@ struct Guest {
 
 impl Guest {
     /// Boots a guest with `params` (`pv.role=… pv.addr=…`) and the NIC `nic` args.
-    fn boot(name: &str, params: &str, nic: &[String]) -> Guest {
-        let image = image();
+    fn boot(image: &GuestImage, name: &str, params: &str, nic: &[String]) -> Guest {
         let mut command = Command::new("qemu-system-x86_64");
         command
             .args(["-nodefaults", "-no-user-config", "-no-reboot"])
@@ -322,6 +318,8 @@ fn icmp_echoes(frames: &[Vec<u8>], source: MacAddr, destination: MacAddr, icmp_t
 #[test]
 fn two_guests_ping_through_the_switch_and_a_partition_cuts_them_apart() {
     let dir = short_dir();
+    let image_dir = short_dir();
+    let image = GuestImage::build(image_dir.path());
     let switch = Switch::new(SwitchConfig {
         network: "lan".to_string(),
         dir: dir.path().to_path_buf(),
@@ -335,12 +333,14 @@ fn two_guests_ping_through_the_switch_and_a_partition_cuts_them_apart() {
     switch.capture(&capture).unwrap();
 
     let mut a = Guest::boot(
+        &image,
         "a",
         &kernel_params("idle", a_port.address, ""),
         &a_port.qemu_args("n0"),
     );
     let peer = format!("pv.peer={}", a_port.address);
     let mut b = Guest::boot(
+        &image,
         "b",
         &kernel_params("ping", b_port.address, &peer),
         &b_port.qemu_args("n0"),
@@ -447,7 +447,7 @@ fn thread_cpu(name: &str) -> Option<Duration> {
 const BENCH_PINGS: usize = 50;
 const BENCH_BLOCKS: usize = 256; // 16 MiB in 64 KiB blocks
 
-fn bench_round(wiring: Wiring) -> Round {
+fn bench_round(image: &GuestImage, wiring: Wiring) -> Round {
     let dir = short_dir();
     let subnet = Subnet::nth(0).unwrap();
     let (server_address, client_address) = (subnet.guest(0).unwrap(), subnet.guest(1).unwrap());
@@ -509,6 +509,7 @@ fn bench_round(wiring: Wiring) -> Round {
         }
     };
     let mut server = Guest::boot(
+        image,
         "server",
         &kernel_params("bench-server", server_address, ""),
         &server_nic,
@@ -525,6 +526,7 @@ fn bench_round(wiring: Wiring) -> Round {
     let client_params =
         format!("pv.peer={server_address} pv.pings={BENCH_PINGS} pv.blocks={BENCH_BLOCKS}");
     let mut client = Guest::boot(
+        image,
         "client",
         &kernel_params("bench-client", client_address, &client_params),
         &client_nic,
@@ -589,6 +591,8 @@ fn net_bench() {
     let runs: usize = std::env::var("NET_BENCH_RUNS")
         .map(|v| v.parse().expect("NET_BENCH_RUNS is a number"))
         .unwrap_or(5);
+    let image_dir = short_dir();
+    let image = GuestImage::build(image_dir.path());
     let wirings = [Wiring::Direct, Wiring::DirectStream, Wiring::Switch];
     let mut rtt = [Vec::new(), Vec::new(), Vec::new()];
     let mut throughput = [Vec::new(), Vec::new(), Vec::new()];
@@ -596,7 +600,7 @@ fn net_bench() {
     let mut cpu_share = Vec::new();
     for run in 0..runs {
         for (slot, wiring) in wirings.into_iter().enumerate() {
-            let mut round = bench_round(wiring);
+            let mut round = bench_round(&image, wiring);
             let round_rtt = median(&mut round.rtt_ms);
             let megabytes = BENCH_BLOCKS as f64 * 65536.0 / 1e6;
             let qemu_per_mb = round.qemu_cpu.as_secs_f64() * 1e3 / megabytes;
