@@ -10,6 +10,7 @@ pub mod duration;
 pub mod engine;
 pub mod fixtures;
 pub mod lua;
+pub mod net;
 pub mod pool;
 pub mod procs;
 pub mod qmp;
