@@ -1,5 +1,13 @@
 -- File transfer, boot-time files and disks, dmesg and mount_vfs against a real guest.
+-- This file's directory, absolute: `files` resolves relative host paths against the
+-- project root, which is not the current directory when this file runs through a
+-- link from tests/kernel/ (its own provium.toml).
 local here = debug.getinfo(1, "S").source:sub(2):match("(.*/)") or "./"
+if here:sub(1, 1) ~= "/" then
+  local pwd = io.popen("pwd")
+  here = pwd:read("l") .. "/" .. here
+  pwd:close()
+end
 local disk = os.tmpname()
 do
   local f = assert(io.open(disk, "wb"))
@@ -10,7 +18,7 @@ end
 local vm = provium.create()
 vm:boot({
   memory = "384M",
-  files = { ["/etc/provium-injected"] = here .. "README.md" },
+  files = { ["/etc/provium-injected"] = here .. "files.lua" },  -- this very file
   disks = { { disk, format = "raw", readonly = true } },
 })
 os.remove(disk)
@@ -50,7 +58,7 @@ test("write_over_16_MiB_is_refused", function()
 end)
 
 test("boot_files_are_in_place_before_init", function()
-  assert_contains(vm:read_file("/etc/provium-injected"), "Real-VM Lua suites")
+  assert_contains(vm:read_file("/etc/provium-injected"), "File transfer, boot-time files")
 end)
 
 test("disk_appears_as_vda", function()

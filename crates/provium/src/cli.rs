@@ -1,7 +1,7 @@
 //! Command-line interface: argument parsing, the commands (`test`, `list`, `prepare`,
-//! `lsp-setup`, `version`), and the process exit codes (all of them defined here, in
-//! [`Exit`]). Runs themselves belong to the engine; this module turns flags into its inputs and its events into
-//! the terminal report.
+//! `kconfig`, `lsp-setup`, `version`), and the process exit codes (all of them defined
+//! here, in [`Exit`]). Runs themselves belong to the engine; this module turns flags
+//! into its inputs and its events into the terminal report.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -78,6 +78,9 @@ enum Command {
     /// Print the files `provium test` with the same selection would run; boots nothing.
     #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
+    /// Print the kernel config fragment a kernel needs to run under Provium with
+    /// everything built in (merge it onto `make tinyconfig` or your own config).
+    Kconfig,
     /// Run profiles' build commands and prepare everything their boots need on the
     /// host (modules, initramfs), without booting: every profile of provium.toml, or
     /// PROFILE.
@@ -284,6 +287,10 @@ where
         }
         Command::Test(args) => test(args),
         Command::List(args) => list(args),
+        Command::Kconfig => {
+            print!("{}", crate::vm::KCONFIG_FRAGMENT);
+            Ok(Exit::Success)
+        }
         Command::Prepare { profile } => prepare(profile.as_deref()),
         Command::LspSetup { dir } => lsp_setup(dir),
     };

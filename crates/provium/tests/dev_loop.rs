@@ -200,3 +200,40 @@ fn kernel_release_reads_the_profile_kernel_without_booting() {
     run.assert_stdout_contains("notes.txt is not an x86 bzImage");
     run.assert_stdout_contains("0 passed, 1 failed");
 }
+
+/// `provium kconfig` prints the fragment `scripts/build-kernel` builds with, and it
+/// holds what the issue lists: virtio over PCI and MMIO (console, block, net), PVH,
+/// devtmpfs, tmpfs, proc and sysfs, the 8250 console, gzip and zstd initramfs.
+#[test]
+fn kconfig_prints_the_fragment_the_kernel_is_built_with() {
+    let sb = Sandbox::new();
+    let run = sb.provium(&["kconfig"]);
+    run.expect_code(0);
+    let fragment = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/vm/kconfig.fragment"
+    ))
+    .unwrap();
+    assert_eq!(run.stdout, fragment);
+    for option in [
+        "CONFIG_VIRTIO_PCI=y",
+        "CONFIG_VIRTIO_MMIO=y",
+        "CONFIG_VIRTIO_CONSOLE=y",
+        "CONFIG_VIRTIO_BLK=y",
+        "CONFIG_VIRTIO_NET=y",
+        "CONFIG_PVH=y",
+        "CONFIG_DEVTMPFS=y",
+        "CONFIG_TMPFS=y",
+        "CONFIG_PROC_FS=y",
+        "CONFIG_SYSFS=y",
+        "CONFIG_SERIAL_8250_CONSOLE=y",
+        "CONFIG_RD_GZIP=y",
+        "CONFIG_RD_ZSTD=y",
+        "CONFIG_EXT4_FS=y",
+    ] {
+        assert!(
+            run.stdout.lines().any(|line| line == option),
+            "{option} missing"
+        );
+    }
+}

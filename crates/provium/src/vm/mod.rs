@@ -32,6 +32,10 @@ use thiserror::Error;
 use crate::pool::{BootCost, FileSlot, PoolError};
 use crate::shim::{InjectedFile, AGENT_PATH};
 pub use boot::BootError;
+
+/// The kernel config fragment for Provium guests (`provium kconfig`, built by
+/// `scripts/build-kernel`; docs/kernels.md).
+pub const KCONFIG_FRAGMENT: &str = include_str!("kconfig.fragment");
 use boot::BootLimits;
 pub use client::{AgentClient, ClientError, ExecOutput};
 use link::Link;

@@ -1,0 +1,1 @@
+../vm/jobs_workers.lua

@@ -1,0 +1,1 @@
+../vm/syscalls.lua
