@@ -10,6 +10,7 @@ use provium_proto::AGENT_ENDED;
 
 use crate::files;
 use crate::log::{self, log};
+use crate::net;
 use crate::port;
 use crate::router::Router;
 use crate::serve::Mode;
@@ -28,7 +29,13 @@ pub fn run_as_init(args: Vec<String>) -> ! {
         .unwrap_or("/.provium")
         .to_string();
     setup_console(&shim_dir);
-    load_modules(&shim_dir);
+    load_modules(&format!("{shim_dir}/modules.order"));
+    // A VM on the host's networks: its NIC drivers, then its addresses, before the
+    // test gets it.
+    if std::path::Path::new(&format!("{shim_dir}/net")).exists() {
+        load_modules(&format!("{shim_dir}/modules-net.order"));
+        net::configure(&shim_dir);
+    }
     let init = choose_init(&shim_dir);
     if init.is_none() {
         mount_basics();
@@ -116,11 +123,11 @@ fn setup_console(shim_dir: &str) {
     }
 }
 
-/// Loads the modules listed in `modules.order`, dependencies first; a module that is
-/// already loaded (or built in) is fine, any other failure is logged and skipped.
-fn load_modules(shim_dir: &str) {
-    let list = format!("{shim_dir}/modules.order");
-    let Ok(order) = std::fs::read_to_string(&list) else {
+/// Loads the modules listed in `list` (a `modules.order` of the shim), dependencies
+/// first; a module that is already loaded (or built in) is fine, any other failure
+/// is logged and skipped.
+fn load_modules(list: &str) {
+    let Ok(order) = std::fs::read_to_string(list) else {
         return;
     };
     let params = CString::default();

@@ -11,6 +11,7 @@ mod boot;
 mod exec;
 mod files;
 mod log;
+mod net;
 mod port;
 mod router;
 mod serve;

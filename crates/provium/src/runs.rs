@@ -64,6 +64,10 @@ pub struct RunContext {
     /// The run's fixtures: built once, snapshots deleted when the run closes it.
     pub fixtures: fixtures::Registry,
     pub events: RunEvents,
+    /// The run's network subnets (`provium.network`), distinct across its files.
+    pub subnets: crate::net::SubnetAllocator,
+    /// Numbers the networks' socket directories in the run directory.
+    pub next_network: std::sync::atomic::AtomicUsize,
     /// Set when something makes the rest of the run pointless (a profile's build
     /// failed): the dispatcher starts no more files.
     stop: std::sync::Mutex<Option<String>>,
@@ -87,6 +91,8 @@ impl RunContext {
             vm_host,
             fixtures: fixtures::Registry::default(),
             events,
+            subnets: crate::net::SubnetAllocator::new(),
+            next_network: std::sync::atomic::AtomicUsize::new(0),
             stop: std::sync::Mutex::new(None),
         }
     }

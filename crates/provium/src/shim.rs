@@ -19,6 +19,10 @@ pub const INIT_PATH: &str = "/.provium/init";
 pub const MODULES_DIR: &str = "/.provium/modules";
 /// Absolute guest paths of the modules to load, one per line, dependencies first.
 pub const MODULES_ORDER_PATH: &str = "/.provium/modules.order";
+/// The same for a VM on a host network: its NIC drivers, loaded only then.
+pub const NET_MODULES_ORDER_PATH: &str = "/.provium/modules-net.order";
+/// A VM's NICs on host networks, one per line: `MAC ADDRESS/PREFIX MTU`.
+pub const NET_CONFIG_PATH: &str = "/.provium/net";
 
 const NEWC_MAGIC: &[u8; 6] = b"070701";
 const TRAILER: &str = "TRAILER!!!";
@@ -182,21 +186,39 @@ pub enum ShimError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// The fixed part of the shim: agent, init choice and modules.
-pub fn base_shim(agent: &[u8], init: &str, modules: &[ShimModule]) -> Vec<u8> {
+/// The fixed part of the shim: agent, init choice, the modules the agent loads, and
+/// those it loads only for a VM on a host network (`net_modules`; one already in
+/// `modules` is not repeated).
+pub fn base_shim(
+    agent: &[u8],
+    init: &str,
+    modules: &[ShimModule],
+    net_modules: &[ShimModule],
+) -> Vec<u8> {
     let mut cpio = CpioWriter::new(Vec::new());
     // Writing to a Vec cannot fail and every path here is a valid constant.
     let result = (|| -> io::Result<Vec<u8>> {
         cpio.file(AGENT_PATH, 0o755, agent)?;
         cpio.file(INIT_PATH, 0o644, format!("{init}\n").as_bytes())?;
-        let mut order = String::new();
-        for module in modules {
-            let guest = format!("{MODULES_DIR}/{}.ko", module.name);
-            cpio.file(&guest, 0o644, &module.data)?;
-            order.push_str(&guest);
-            order.push('\n');
+        for (list, path) in [
+            (modules, MODULES_ORDER_PATH),
+            (net_modules, NET_MODULES_ORDER_PATH),
+        ] {
+            let mut order = String::new();
+            for module in list {
+                let guest = format!("{MODULES_DIR}/{}.ko", module.name);
+                let placed =
+                    path == NET_MODULES_ORDER_PATH && modules.iter().any(|m| m.name == module.name);
+                if !placed {
+                    cpio.file(&guest, 0o644, &module.data)?;
+                }
+                order.push_str(&guest);
+                order.push('\n');
+            }
+            if path == MODULES_ORDER_PATH || !order.is_empty() {
+                cpio.file(path, 0o644, order.as_bytes())?;
+            }
         }
-        cpio.file(MODULES_ORDER_PATH, 0o644, order.as_bytes())?;
         cpio.finish()
     })();
     result.expect("in-memory cpio with constant paths")
@@ -393,7 +415,17 @@ pub(crate) mod tests {
                 data: b"core".to_vec(),
             },
         ];
-        let entries = parse(&base_shim(b"\x7fELFagent", "/sbin/init", &modules));
+        let net = vec![
+            ShimModule {
+                name: "virtio".into(),
+                data: b"core".to_vec(),
+            },
+            ShimModule {
+                name: "virtio_net".into(),
+                data: b"net".to_vec(),
+            },
+        ];
+        let entries = parse(&base_shim(b"\x7fELFagent", "/sbin/init", &modules, &net));
         let find = |name: &str| entries.iter().find(|e| e.name == name).unwrap();
         assert_eq!(find(".provium/agent").mode, 0o100755);
         assert_eq!(find(".provium/agent").data, b"\x7fELFagent");
@@ -402,6 +434,19 @@ pub(crate) mod tests {
         assert_eq!(
             find(".provium/modules.order").data,
             b"/.provium/modules/virtio_ring.ko\n/.provium/modules/virtio.ko\n"
+        );
+        // The net list names its dependencies too, but each module is there once.
+        assert_eq!(find(".provium/modules/virtio_net.ko").data, b"net");
+        assert_eq!(
+            entries
+                .iter()
+                .filter(|e| e.name == ".provium/modules/virtio.ko")
+                .count(),
+            1
+        );
+        assert_eq!(
+            find(".provium/modules-net.order").data,
+            b"/.provium/modules/virtio.ko\n/.provium/modules/virtio_net.ko\n"
         );
     }
 

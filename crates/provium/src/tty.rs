@@ -141,7 +141,12 @@ mod tests {
         };
         assert_eq!(ret, 0, "openpty: {}", io::Error::last_os_error());
         // SAFETY: both are fresh descriptors owned by nobody else.
-        unsafe { (OwnedFd::from_raw_fd(controller), OwnedFd::from_raw_fd(terminal)) }
+        unsafe {
+            (
+                OwnedFd::from_raw_fd(controller),
+                OwnedFd::from_raw_fd(terminal),
+            )
+        }
     }
 
     fn lflag(fd: BorrowedFd<'_>) -> libc::tcflag_t {
@@ -174,7 +179,10 @@ mod tests {
     #[test]
     fn window_size_reads_what_was_set() {
         let (controller, terminal) = pty();
-        let size = WindowSize { rows: 37, cols: 101 };
+        let size = WindowSize {
+            rows: 37,
+            cols: 101,
+        };
         set_window_size(controller.as_fd(), size).unwrap();
         assert_eq!(window_size(terminal.as_fd()), Some(size));
     }

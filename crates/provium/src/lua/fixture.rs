@@ -164,6 +164,20 @@ fn build(
     };
     let finished = run_lua_file(run, spec, &header, PROVIUM_MODULES, |_, ctx, ran| {
         script_error(ran)?;
+        // A snapshot carries its NICs' MACs and addresses: copies resumed onto one
+        // network would clash, and the switch belongs to the building file.
+        if let Some(on) = ctx
+            .fleet()
+            .last_running()
+            .and_then(|h| h.nics().first().cloned())
+        {
+            return Err(format!(
+                "its VM is on network {} ({}); a fixture's VM cannot be on a network \
+                 (snapshots of networked VMs are not supported): create the network and \
+                 boot the VMs on it in the test file",
+                on.network, on.ifname
+            ));
+        }
         let mut vm = ctx.fleet().take_last_running().ok_or(
             "the last VM the script created is not running (or it created none); a fixture \
              must end with its VM booted",

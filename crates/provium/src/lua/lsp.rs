@@ -133,6 +133,11 @@ mod tests {
             .map(|l| l.split(' ').next().unwrap().to_string())
             .collect();
         assert_eq!(fields, set(super::super::vm_api::FIELDS), "VM fields");
+        assert_eq!(
+            declared("function Network:"),
+            set(super::super::network::METHODS.iter()),
+            "network methods"
+        );
         let mut output = declared("function Output.");
         output.insert("value".to_string());
         assert_eq!(
@@ -146,6 +151,7 @@ mod tests {
             all.insert("provium".into());
             all.insert("VM".into());
             all.insert("Output".into());
+            all.insert("Network".into());
             all
         });
         for global in &globals {

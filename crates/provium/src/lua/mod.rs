@@ -12,6 +12,7 @@ pub mod file;
 pub mod fixture;
 pub mod framework;
 pub mod lsp;
+pub mod network;
 pub mod options;
 pub mod pack;
 pub mod vm_api;
@@ -45,6 +46,7 @@ pub const PROVIUM_MODULES: &[ModuleInstaller] = &[
     framework::install_provium,
     pack::install,
     vm_api::install,
+    network::install,
     fixture::install,
 ];
 
@@ -78,6 +80,8 @@ pub struct FileContext {
     /// This file's place in the resource pool; VM boots acquire through it, and
     /// dropping it (file end) returns whatever the file still holds.
     pool_slot: FileSlot,
+    /// The file's networks (`provium.network`), ended after its VMs.
+    networks: RefCell<Vec<Rc<network::Network>>>,
 }
 
 impl FileContext {
@@ -100,7 +104,25 @@ impl FileContext {
             fleet: Fleet::default(),
             broken: RefCell::new(Vec::new()),
             pool_slot: run.pool.enter_file(file.name.clone()),
+            networks: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The file's networks, in creation order.
+    pub fn networks(&self) -> Vec<Rc<network::Network>> {
+        self.networks.borrow().clone()
+    }
+
+    pub fn add_network(&self, network: Rc<network::Network>) {
+        self.networks.borrow_mut().push(network);
+    }
+
+    /// Whether `network` is one of this file's.
+    pub fn owns_network(&self, network: &Rc<network::Network>) -> bool {
+        self.networks
+            .borrow()
+            .iter()
+            .any(|n| Rc::ptr_eq(n, network))
     }
 
     /// The context of the file running in `lua`.
@@ -214,6 +236,12 @@ impl FileContext {
             self.log(&format!(
                 "VM {vm} was still running when the file ended: {note}\n"
             ));
+        }
+        // After the VMs: their QEMUs no longer send into the switches.
+        for network in self.networks.borrow_mut().drain(..) {
+            if let Some(problem) = network.end() {
+                self.log(&format!("{problem}\n"));
+            }
         }
     }
 }

@@ -59,6 +59,7 @@ function Output.trim() end
 ---@field append string? Extra kernel command line for this boot.
 ---@field boot_timeout provium.Duration? Console silence that fails the boot (30 s).
 ---@field gdb boolean? Start QEMU's gdb stub on a free loopback port (boots with nokaslr).
+---@field networks provium.Network[]? NICs on these networks: eth0, eth1, ... in this order.
 
 ---@class provium.ExecOptions
 ---@field timeout provium.Duration? The guest kills the command's process group at this limit.
@@ -130,6 +131,21 @@ function VM:dmesg(pattern) end
 
 ---Mounts proc, sysfs, securityfs and devtmpfs where missing.
 function VM:mount_vfs() end
+
+---The VM's address on `net` (`"10.100.0.2"`).
+---@param net provium.Network
+---@return string
+function VM:ip(net) end
+
+---The MAC of the VM's NIC on `net`.
+---@param net provium.Network
+---@return string
+function VM:mac(net) end
+
+---The guest's name for its NIC on `net` (`"eth0"`).
+---@param net provium.Network
+---@return string
+function VM:ifname(net) end
 
 ---Calls `fn` until it returns a true value, which it returns.
 ---@generic T
@@ -209,6 +225,58 @@ function VM:job_kill(job) end
 ---@return provium.VM
 function VM:spawn(opts) end
 
+---@class provium.NetworkOptions
+---@field subnet string? A /24 such as `"192.168.7.0/24"` (default: a distinct 10.x.y.0/24 per network of the run).
+---@field mtu integer? Default 1500.
+
+---@class provium.Impairment
+---@field latency provium.Duration? Added each way, in order.
+---@field jitter provium.Duration? Each frame's delay is latency ± jitter.
+---@field loss number? The probability a frame is dropped, in [0, 1].
+---@field seed integer? Seeds loss and jitter, for a reproducible run.
+---@field from provium.VM? With `to`: one direction only.
+---@field to provium.VM?
+
+---@class provium.PortStats
+---@field tx_frames integer Frames the VM sent into the network.
+---@field tx_bytes integer
+---@field rx_frames integer Frames the network delivered to the VM.
+---@field rx_bytes integer
+---@field dropped integer Every frame the VM sent that was not delivered.
+---@field dropped_partition integer
+---@field dropped_loss integer
+---@field dropped_overflow integer
+---@field dropped_undeliverable integer
+---@field dropped_invalid integer
+
+---A private Ethernet segment between this file's VMs (`provium.network()`).
+---@class provium.Network
+---@field name string `file.lua#net1`.
+---@field subnet string `10.100.0.0/24`.
+---@field mtu integer
+local Network = {}
+
+---Drops frames between `a` and `b`, both ways; `partition{from = a, to = b}` one way.
+---@param a provium.VM|{from: provium.VM, to: provium.VM}
+---@param b provium.VM?
+function Network:partition(a, b) end
+
+---Removes every partition.
+function Network:heal() end
+
+---Latency, jitter and loss for the whole segment, or one direction (`from`, `to`); `{}` clears.
+---@param opts provium.Impairment
+function Network:impair(opts) end
+
+---Writes every frame from now on to `path` (pcap, readable by `tcpdump -r`); `nil` stops.
+---@param path string?
+function Network:capture(path) end
+
+---The counters of `vm`'s port, from the VM's side.
+---@param vm provium.VM
+---@return provium.PortStats
+function Network:stats(vm) end
+
 ---@class provium
 provium = {}
 
@@ -224,6 +292,11 @@ function provium.fixture(name) end
 
 ---Shuts down every VM this file created.
 function provium.shutdown_all() end
+
+---A private network for this file's VMs (boot them with `networks = { net }`).
+---@param opts provium.NetworkOptions?
+---@return provium.Network
+function provium.network(opts) end
 
 ---The release (`uname -r`) of the named profile's kernel (`default` when omitted), read
 ---from its image on the host: what an out-of-tree module is built against.

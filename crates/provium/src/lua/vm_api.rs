@@ -26,7 +26,7 @@ use super::{plain_errors, raise, FileContext};
 use crate::report::{Event, VmBooted};
 use crate::vm::accel::Accel;
 use crate::vm::client::{AgentClient, ExecOutput};
-use crate::vm::fleet::Stop;
+use crate::vm::fleet::{NicInfo, Stop, VmHandle};
 use crate::vm::gdb;
 use crate::vm::host::{self, ProfileError};
 use crate::vm::{StartError, StartFrom, Vm, VmConfig};
@@ -87,6 +87,9 @@ const METHODS: &[(&str, Method)] = &[
     ("dmesg", dmesg),
     ("mount_vfs", mount_vfs),
     ("shutdown", shutdown),
+    ("ip", |lua, this, a| nic_field(lua, this, a, "ip")),
+    ("mac", |lua, this, a| nic_field(lua, this, a, "mac")),
+    ("ifname", |lua, this, a| nic_field(lua, this, a, "ifname")),
     ("kill", kill),
 ];
 
@@ -189,6 +192,94 @@ fn kernel_release(lua: &Lua, profile: Value) -> mlua::Result<String> {
     })
 }
 
+/// `vm:ip(net)`, `vm:mac(net)`, `vm:ifname(net)`: the VM's NIC on that network.
+fn nic_field(lua: &Lua, this: &LuaVm, a: &[Value], field: &str) -> mlua::Result<MultiValue> {
+    let network = match arg(a, 0) {
+        Value::UserData(ud) => ud
+            .borrow::<super::network::LuaNetwork>()
+            .ok()
+            .map(|n| n.0.name().to_string()),
+        _ => None,
+    };
+    let Some(network) = network else {
+        return Err(raise(
+            lua,
+            format!(
+                "{this}: {field}: argument 1 must be a network (provium.network()), not {}",
+                args::describe(arg(a, 0))
+            ),
+            false,
+        ));
+    };
+    let nic = this
+        .handle
+        .nics()
+        .into_iter()
+        .find(|n| n.network == network)
+        .ok_or_else(|| {
+            raise(
+                lua,
+                format!(
+                    "{this}: {field}: the VM is not on network {network} (boot it with networks = {{ net }})"
+                ),
+                false,
+            )
+        })?;
+    let text = match field {
+        "ip" => nic.address.to_string(),
+        "mac" => nic.mac,
+        _ => nic.ifname,
+    };
+    Ok(returns([Value::String(lua.create_string(text)?)]))
+}
+
+/// After a boot on networks: which interface the guest made of each NIC, checked
+/// against what the agent was asked to configure (a kernel without virtio_net, or a
+/// NIC whose address did not take, is an error naming the network).
+fn guest_nics(handle: &VmHandle, joined: &super::network::Joined) -> Result<Vec<NicInfo>, String> {
+    let client = handle.client("boot").map_err(|e| e.to_string())?;
+    // sysfs: mounted by the agent as PID 1, or by the profile's init.
+    let listing = client
+        .exec("for d in /sys/class/net/*; do echo \"${d##*/} $(cat $d/address)\"; done")
+        .map_err(|e| {
+            format!(
+                "VM {}: boot: cannot list its network interfaces: {e}",
+                handle.name()
+            )
+        })?;
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let mut by_mac = std::collections::HashMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some(name), Some(mac)) = (words.next(), words.next()) {
+            if mac.contains(':') {
+                by_mac.insert(mac.to_ascii_lowercase(), name.to_string());
+            }
+        }
+    }
+    joined
+        .iter()
+        .map(|(network, port)| {
+            let mac = port.mac.to_string();
+            let ifname = by_mac.get(&mac).cloned().ok_or_else(|| {
+                format!(
+                    "VM {}: network {}: no interface with MAC {mac} appeared in the guest \
+                     (does its kernel have virtio_net? `provium kconfig` lists what a kernel \
+                     needs; the console has the agent's net lines)",
+                    handle.name(),
+                    network.name()
+                )
+            })?;
+            Ok(NicInfo {
+                network: network.name().to_string(),
+                ifname,
+                address: port.address,
+                mac,
+            })
+        })
+        .collect()
+}
+
 /// Shuts down every running VM of the file, in parallel (each may wait for its guest).
 fn shutdown_all(lua: &Lua, (): ()) -> mlua::Result<()> {
     let ctx = FileContext::of(lua)?;
@@ -206,6 +297,11 @@ fn boot(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
     let run = ctx.run();
     let options =
         boot_options(handle.name(), arg(a, 0), &run.project_root).map_err(|e| fail(lua, e))?;
+    let networks = match arg(a, 0) {
+        Value::Table(t) => t.raw_get::<Value>("networks")?,
+        _ => Value::Nil,
+    };
+    let (nics, joined) = super::network::nics_for_boot(lua, handle.name(), &networks)?;
     let profile = run
         .vm_host
         .boot_profile(&run.config, handle.profile(), run.run_dir.path())
@@ -225,6 +321,7 @@ fn boot(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
     config.cpus = options.cpus;
     config.files = options.files;
     config.disks = options.disks;
+    config.nics = nics;
     config.boot_timeout = options.boot_timeout;
     if !options.append.is_empty() {
         config.profile.append = format!("{} {}", config.profile.append, options.append)
@@ -273,6 +370,24 @@ fn boot(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
                 started.elapsed().as_secs_f64(),
             ));
             handle.set_running(vm);
+            if !joined.is_empty() {
+                let nics = guest_nics(handle, &joined).map_err(|e| {
+                    // A VM whose NICs did not come up is no use to the test.
+                    handle.stop(Stop::Kill);
+                    raise(lua, e, true)
+                })?;
+                for nic in &nics {
+                    ctx.log(&format!(
+                        "VM {}: {} on network {} is {} ({})\n",
+                        handle.name(),
+                        nic.ifname,
+                        nic.network,
+                        nic.address,
+                        nic.mac
+                    ));
+                }
+                handle.set_nics(nics);
+            }
             Ok(MultiValue::new())
         }
         Err(error) => {

@@ -25,9 +25,11 @@ pub const MAX_GUESTS: usize = 253;
 /// `02` (locally administered, unicast) then `pv`.
 const MAC_PREFIX: [u8; 3] = [0x02, 0x70, 0x76];
 
-/// A `10.x.y.0/24` network.
+/// A `/24` network: `10.x.y.0/24` from [`Subnet::nth`], or any one a test names
+/// ([`Subnet::parse`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Subnet {
+    first: u8,
     second: u8,
     third: u8,
 }
@@ -37,19 +39,46 @@ impl Subnet {
     pub fn nth(index: usize) -> Option<Subnet> {
         let index = u32::try_from(index).ok().filter(|&i| i < SUBNET_COUNT)?;
         Some(Subnet {
+            first: 10,
             second: (FIRST_SECOND_OCTET + index / 256) as u8,
             third: (index % 256) as u8,
         })
     }
 
+    /// `A.B.C.0/24` as a test writes it (`provium.network{subnet = …}`); only /24
+    /// networks, whose host part is 0.
+    pub fn parse(text: &str) -> Result<Subnet, String> {
+        let usage = || format!("{text:?} is not a /24 network such as \"192.168.7.0/24\"");
+        let (address, prefix) = text.split_once('/').ok_or_else(usage)?;
+        let address: Ipv4Addr = address.parse().map_err(|_| usage())?;
+        if prefix != "24" {
+            return Err(format!("{text:?}: only /24 networks are supported"));
+        }
+        let [first, second, third, host] = address.octets();
+        if host != 0 {
+            return Err(format!(
+                "{text:?}: the host part must be 0 (did you mean \"{first}.{second}.{third}.0/24\"?)"
+            ));
+        }
+        Ok(Subnet {
+            first,
+            second,
+            third,
+        })
+    }
+
     /// Its position in the run's sequence (the inverse of [`Subnet::nth`]).
+    /// For a subnet a test named, a number that only keeps its socket names apart.
     pub fn index(&self) -> usize {
-        ((u32::from(self.second) - FIRST_SECOND_OCTET) * 256 + u32::from(self.third)) as usize
+        u32::from(self.second)
+            .wrapping_sub(FIRST_SECOND_OCTET)
+            .wrapping_mul(256)
+            .wrapping_add(u32::from(self.third)) as usize
     }
 
     /// The network address, `10.x.y.0`.
     pub fn network(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, self.second, self.third, 0)
+        Ipv4Addr::new(self.first, self.second, self.third, 0)
     }
 
     pub fn prefix_len(&self) -> u8 {
@@ -61,18 +90,18 @@ impl Subnet {
     }
 
     pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, self.second, self.third, 255)
+        Ipv4Addr::new(self.first, self.second, self.third, 255)
     }
 
     /// `10.x.y.1`, kept free of guests.
     pub fn reserved(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, self.second, self.third, 1)
+        Ipv4Addr::new(self.first, self.second, self.third, 1)
     }
 
     /// The address of the `guest`th guest (0-based): `.2`, `.3`, … `.254`.
     pub fn guest(&self, guest: usize) -> Option<Ipv4Addr> {
         let host = host_octet(guest)?;
-        Some(Ipv4Addr::new(10, self.second, self.third, host))
+        Some(Ipv4Addr::new(self.first, self.second, self.third, host))
     }
 
     /// The MAC of the `guest`th guest: `02:70:76:x:y:h` for `10.x.y.h`.
@@ -85,7 +114,7 @@ impl Subnet {
     /// Whether `address` is inside this /24.
     pub fn contains(&self, address: Ipv4Addr) -> bool {
         let [a, b, c, _] = address.octets();
-        (a, b, c) == (10, self.second, self.third)
+        (a, b, c) == (self.first, self.second, self.third)
     }
 }
 
@@ -162,6 +191,22 @@ impl fmt::Display for MacAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_subnet_parses_and_numbers_its_guests() {
+        let subnet = Subnet::parse("192.168.7.0/24").unwrap();
+        assert_eq!(subnet.to_string(), "192.168.7.0/24");
+        assert_eq!(subnet.guest(0), Some(Ipv4Addr::new(192, 168, 7, 2)));
+        assert!(subnet.contains(Ipv4Addr::new(192, 168, 7, 200)));
+        assert_eq!(
+            Subnet::parse("10.1.2.0/16").unwrap_err(),
+            "\"10.1.2.0/16\": only /24 networks are supported"
+        );
+        assert!(Subnet::parse("10.1.2.5/24")
+            .unwrap_err()
+            .contains("did you mean \"10.1.2.0/24\""));
+        assert!(Subnet::parse("ten").is_err());
+    }
     use std::collections::BTreeSet;
 
     #[test]

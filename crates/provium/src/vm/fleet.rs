@@ -66,12 +66,25 @@ pub enum Stop {
     Kill,
 }
 
+/// A VM's NIC on one of its file's networks, as the test sees it (`vm:ip(net)`,
+/// `vm:mac(net)`, `vm:ifname(net)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicInfo {
+    pub network: String,
+    /// The guest's name for it (`eth0`).
+    pub ifname: String,
+    pub address: std::net::Ipv4Addr,
+    pub mac: String,
+}
+
 /// One VM a file created, shared by its Lua handle and its workers.
 pub struct VmHandle {
     /// `<file>#<n>`: unique within the run, shown in every error.
     name: String,
     profile: String,
     state: RefCell<VmState>,
+    /// Its NICs on networks, from its last boot.
+    nics: RefCell<Vec<NicInfo>>,
 }
 
 impl VmHandle {
@@ -85,6 +98,15 @@ impl VmHandle {
 
     pub fn is_running(&self) -> bool {
         matches!(*self.state.borrow(), VmState::Running(_))
+    }
+
+    /// Its NICs on networks (set at boot).
+    pub fn nics(&self) -> Vec<NicInfo> {
+        self.nics.borrow().clone()
+    }
+
+    pub fn set_nics(&self, nics: Vec<NicInfo>) {
+        *self.nics.borrow_mut() = nics;
     }
 
     /// Where the running VM's gdb stub listens, if it has one.
@@ -177,6 +199,7 @@ impl Fleet {
             name: format!("{file}#{number}"),
             profile: profile.to_string(),
             state: RefCell::new(VmState::Created),
+            nics: RefCell::new(Vec::new()),
         })
     }
 
@@ -186,6 +209,7 @@ impl Fleet {
             name: vm.name().to_string(),
             profile: profile.to_string(),
             state: RefCell::new(VmState::Running(Box::new(vm))),
+            nics: RefCell::new(Vec::new()),
         })
     }
 
@@ -229,6 +253,16 @@ impl Fleet {
                 .collect();
             threads.into_iter().filter_map(|t| t.join().ok()).collect()
         })
+    }
+
+    /// The most recently created VM that is running.
+    pub fn last_running(&self) -> Option<Rc<VmHandle>> {
+        self.handles
+            .borrow()
+            .iter()
+            .rev()
+            .find(|h| h.is_running())
+            .cloned()
     }
 
     /// The most recently created VM, taken out of its handle if it is still running

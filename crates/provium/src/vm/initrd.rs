@@ -24,6 +24,8 @@ pub struct BaseInputs<'a> {
     /// The init the agent chains to, or `none`.
     pub init: &'a str,
     pub modules: &'a ModulePlan,
+    /// Loaded only for a VM on a host network.
+    pub net_modules: &'a ModulePlan,
     pub agent: &'a [u8],
 }
 
@@ -90,7 +92,12 @@ pub fn prepare_base(cache: &Path, inputs: &BaseInputs) -> Result<PathBuf, Initrd
     if let Some(path) = inputs.user_initrd {
         hasher.file(path);
     }
+    hasher.bytes(b"modules");
     for module in &inputs.modules.modules {
+        hasher.file(&module.path);
+    }
+    hasher.bytes(b"net");
+    for module in &inputs.net_modules.modules {
         hasher.file(&module.path);
     }
     let safe_name: String = inputs
@@ -124,18 +131,24 @@ pub fn prepare_base(cache: &Path, inputs: &BaseInputs) -> Result<PathBuf, Initrd
         Some(path) => shim::read_initrd(inputs.profile, path)?,
         None => Vec::new(),
     };
-    let mut modules = Vec::with_capacity(inputs.modules.modules.len());
-    for module in &inputs.modules.modules {
-        let data = module.load().map_err(|source| InitrdError::Module {
-            profile: inputs.profile.to_string(),
-            source,
-        })?;
-        modules.push(ShimModule {
-            name: module.name.clone(),
-            data,
-        });
-    }
-    let base = shim::base_shim(inputs.agent, inputs.init, &modules);
+    let load = |plan: &ModulePlan| -> Result<Vec<ShimModule>, InitrdError> {
+        plan.modules
+            .iter()
+            .map(|module| {
+                let data = module.load().map_err(|source| InitrdError::Module {
+                    profile: inputs.profile.to_string(),
+                    source,
+                })?;
+                Ok(ShimModule {
+                    name: module.name.clone(),
+                    data,
+                })
+            })
+            .collect()
+    };
+    let modules = load(inputs.modules)?;
+    let net_modules = load(inputs.net_modules)?;
+    let base = shim::base_shim(inputs.agent, inputs.init, &modules, &net_modules);
     // Another provium may build the same image at once: each writes its own temp file
     // and the rename makes one of them the image, whole.
     let temp = target.with_extension(format!("img.{}.tmp", std::process::id()));
@@ -190,10 +203,24 @@ pub fn with_files(base: &Path, files: &[InjectedFile], dest: &Path) -> Result<()
 /// The module plan for a kernel: the agent's virtio modules from its modules tree
 /// (`lib/modules/<release>`), when it has one.
 pub fn agent_modules(profile: &str, tree: Option<&Path>) -> Result<ModulePlan, InitrdError> {
+    modules_of(profile, tree, kernel::AGENT_MODULES)
+}
+
+/// The NIC drivers (`virtio_net` and what it needs) from the kernel's modules tree,
+/// for VMs on host networks; empty when they are built in or there is no tree.
+pub fn net_modules(profile: &str, tree: Option<&Path>) -> Result<ModulePlan, InitrdError> {
+    modules_of(profile, tree, kernel::NET_MODULES)
+}
+
+fn modules_of(
+    profile: &str,
+    tree: Option<&Path>,
+    wanted: &[&str],
+) -> Result<ModulePlan, InitrdError> {
     let Some(tree) = tree else {
         return Ok(ModulePlan::default());
     };
-    kernel::resolve_modules(tree, kernel::AGENT_MODULES).map_err(|source| InitrdError::Module {
+    kernel::resolve_modules(tree, wanted).map_err(|source| InitrdError::Module {
         profile: profile.to_string(),
         source,
     })
@@ -215,6 +242,7 @@ mod tests {
             user_initrd: Some(&user),
             init: "/sbin/init",
             modules: &plan,
+            net_modules: &plan,
             agent: b"AGENT",
         };
         let base = prepare_base(dir.path(), &inputs).unwrap();
@@ -262,6 +290,7 @@ mod tests {
                 user_initrd: None,
                 init: &init,
                 modules: &plan,
+                net_modules: &plan,
                 agent: b"AGENT",
             };
             built.push(prepare_base(dir.path(), &inputs).unwrap());

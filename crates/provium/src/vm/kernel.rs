@@ -18,6 +18,9 @@ pub const AGENT_MODULES: &[&str] = &[
     "virtio_blk",
 ];
 
+/// What a VM on a host network needs (`vm:boot{networks = …}`), loaded only then.
+pub const NET_MODULES: &[&str] = &["virtio_net"];
+
 /// Offset of the `HdrS` magic in the x86 boot protocol header.
 const HDRS_OFFSET: usize = 0x202;
 /// Offset of the `kernel_version` pointer; the string is at pointer + 0x200.

@@ -100,6 +100,19 @@ pub struct Disk {
     pub readonly: bool,
 }
 
+/// A NIC on one of the host's networks (`vm:boot{networks = …}`): how QEMU attaches
+/// it, and what the agent configures in the guest before the test gets the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// QEMU's `-netdev …` and `-device …` for it.
+    pub qemu_args: Vec<String>,
+    /// `02:70:76:64:00:02`: how the agent finds the interface.
+    pub mac: String,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub mtu: u32,
+}
+
 /// Everything `Vm::boot` needs.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -121,6 +134,8 @@ pub struct VmConfig {
     pub boot_ceiling: Duration,
     /// Start QEMU's gdb stub on this loopback port (and boot with `nokaslr`).
     pub gdb_port: Option<u16>,
+    /// NICs on host networks, `eth0` first.
+    pub nics: Vec<Nic>,
     /// Deadline for each agent operation (exec, file transfer, ...).
     pub op_timeout: Duration,
 }
@@ -141,6 +156,7 @@ impl VmConfig {
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             boot_ceiling: DEFAULT_BOOT_CEILING,
             gdb_port: None,
+            nics: Vec::new(),
             op_timeout: DEFAULT_OP_TIMEOUT,
         }
     }
@@ -245,6 +261,7 @@ pub fn prepare(profile: &BootProfile) -> Result<Prepared, BootError> {
     let cache = default_profile::cache_dir();
     let modules_tree = modules::tree(&profile.name, profile.modules.as_deref(), &release, &cache)?;
     let agent_modules = initrd::agent_modules(&profile.name, modules_tree.as_deref())?;
+    let net_modules = initrd::net_modules(&profile.name, modules_tree.as_deref())?;
     let base_initrd = initrd::prepare_base(
         &cache.join("initrd"),
         &initrd::BaseInputs {
@@ -252,6 +269,7 @@ pub fn prepare(profile: &BootProfile) -> Result<Prepared, BootError> {
             user_initrd: profile.initrd.as_deref(),
             init: &profile.init,
             modules: &agent_modules,
+            net_modules: &net_modules,
             agent: agent_bin::AGENT,
         },
     )?;
@@ -318,11 +336,30 @@ impl Vm {
         let profile = &config.profile;
         let prepared = prepare(profile)?;
         let dir = boot::vm_dir(&config.run_dir, &config.name)?;
-        let private_initrd = if config.files.is_empty() {
+        let mut files = config.files.clone();
+        if !config.nics.is_empty() {
+            // What the agent configures before the test gets the VM.
+            let path = dir.join("net");
+            let lines: String = config
+                .nics
+                .iter()
+                .map(|n| format!("{} {}/{} {}\n", n.mac, n.address, n.prefix, n.mtu))
+                .collect();
+            fs::write(&path, lines).map_err(|source| BootError::Setup {
+                vm: config.name.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            files.push(InjectedFile {
+                guest_path: crate::shim::NET_CONFIG_PATH.to_string(),
+                host_path: path,
+            });
+        }
+        let private_initrd = if files.is_empty() {
             None
         } else {
             let path = dir.join("initrd.img");
-            initrd::with_files(&prepared.base_initrd, &config.files, &path)?;
+            initrd::with_files(&prepared.base_initrd, &files, &path)?;
             Some(path)
         };
 
@@ -378,6 +415,11 @@ impl Vm {
             drives,
             resume: false,
             gdb_port: config.gdb_port,
+            nics: config
+                .nics
+                .iter()
+                .flat_map(|n| n.qemu_args.clone())
+                .collect(),
         };
         let limits = BootLimits {
             silence: config.boot_timeout,

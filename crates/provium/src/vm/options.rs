@@ -12,11 +12,12 @@ pub const DEFAULT_MEMORY_MIB: u64 = 512;
 /// vCPUs when a boot does not say.
 pub const DEFAULT_CPUS: u32 = 1;
 /// The option names `vm:boot` accepts, in the order errors list them.
-pub const BOOT_OPTIONS: [&str; 7] = [
+pub const BOOT_OPTIONS: [&str; 8] = [
     "memory",
     "cpus",
     "files",
     "disks",
+    "networks",
     "append",
     "boot_timeout",
     "gdb",

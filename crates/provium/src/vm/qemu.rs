@@ -101,6 +101,8 @@ pub struct LaunchSpec {
     pub resume: bool,
     /// QEMU's gdb stub listens on this local TCP port (`-gdb tcp:127.0.0.1:PORT`).
     pub gdb_port: Option<u16>,
+    /// `-netdev`/`-device` arguments of NICs on host networks, in order.
+    pub nics: Vec<String>,
 }
 
 #[derive(Debug, Error)]
@@ -604,6 +606,7 @@ fn qemu_args(spec: &LaunchSpec, agent: &Path, uart: &Path, qmp: &Path) -> Vec<St
             format!("virtio-blk-pci,drive=disk{index}{serial}"),
         ]);
     }
+    args.extend(spec.nics.iter().cloned());
     if spec.resume {
         args.extend(["-incoming".into(), "defer".into()]);
     }
@@ -756,6 +759,7 @@ mod tests {
             }],
             resume: false,
             gdb_port: None,
+            nics: Vec::new(),
         };
         let args = qemu_args(
             &spec,
@@ -799,6 +803,7 @@ mod tests {
             drives: vec![drive("/img/root", true), drive("/img/data", false)],
             resume: true,
             gdb_port: None,
+            nics: Vec::new(),
         };
         let sock = Path::new("/tmp/r/s");
         let args = qemu_args(&spec, sock, sock, sock);
