@@ -11,8 +11,8 @@ use thiserror::Error;
 /// The file searched for from the start directory upward.
 pub const CONFIG_FILE: &str = "provium.toml";
 
-const PROFILE_KEYS: [&str; 7] = [
-    "kernel", "initrd", "rootfs", "init", "append", "modules", "build",
+const PROFILE_KEYS: [&str; 8] = [
+    "kernel", "initrd", "rootfs", "init", "append", "modules", "build", "machine",
 ];
 const RUN_KEYS: [&str; 1] = ["timeout"];
 
@@ -51,10 +51,18 @@ pub struct Profile {
     pub modules: Option<PathBuf>,
     /// A shell command run once per run, from the project root, before the first boot.
     pub build: Option<String>,
+    /// `pc` or `microvm`; `None`: Provium chooses.
+    pub machine: Option<crate::vm::machine::Machine>,
 }
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    #[error("profile '{profile}': machine '{value}' is not a machine Provium boots: use \"pc\" or \"microvm\", or leave it out to let Provium choose (in {})", path.display())]
+    BadMachine {
+        path: PathBuf,
+        profile: String,
+        value: String,
+    },
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -399,6 +407,16 @@ fn parse_profile(
             });
         }
     }
+    let machine = match string("machine")? {
+        None => None,
+        Some(value) => Some(crate::vm::machine::Machine::parse(&value).ok_or_else(|| {
+            ConfigError::BadMachine {
+                path: path.to_path_buf(),
+                profile: name.to_string(),
+                value,
+            }
+        })?),
+    };
     Ok(Profile {
         name: name.to_string(),
         kernel,
@@ -408,6 +426,7 @@ fn parse_profile(
         append: string("append")?,
         modules,
         build,
+        machine,
     })
 }
 
@@ -549,6 +568,7 @@ mod tests {
                 append: Some("loglevel=7".to_string()),
                 modules: None,
                 build: None,
+                machine: None,
             }
         );
         assert_eq!(config.resolve("a/b"), project.root().join("a/b"));
@@ -651,6 +671,11 @@ mod tests {
     #[test]
     fn unknown_keys_and_tables_are_rejected() {
         let project = Project::new();
+        let err = project.load_err("[profile.m]\nkernel = \"bzImage\"\nmachine = \"q35\"\n");
+        assert!(
+            err.starts_with("profile 'm': machine 'q35' is not a machine Provium boots: use \"pc\" or \"microvm\""),
+            "{err}"
+        );
         let err = project.load_err("[profile.m]\nkernel = \"bzImage\"\nkernal = \"x\"\n");
         assert!(
             err.starts_with("profile 'm': unknown key 'kernal' (known keys: kernel, initrd"),

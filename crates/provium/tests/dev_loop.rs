@@ -197,7 +197,7 @@ fn kernel_release_reads_the_profile_kernel_without_booting() {
     run.expect_code(1);
     run.assert_stdout_contains("unknown profile 'nope'; known profiles: default, host, text");
     run.assert_stdout_contains("kernel_release: profile 'text': kernel ");
-    run.assert_stdout_contains("notes.txt is not an x86 bzImage");
+    run.assert_stdout_contains("notes.txt is neither an x86 bzImage nor a vmlinux ELF");
     run.assert_stdout_contains("0 passed, 1 failed");
 }
 

@@ -494,8 +494,10 @@ pub fn nics_for_boot(lua: &Lua, vm: &str, value: &Value) -> mlua::Result<(Vec<Ni
         let port = network
             .with_switch(|s| s.port(vm).or_else(|_| s.add_port(vm)))
             .map_err(|e| raise(lua, e, false))?;
+        let id = format!("net{}", i - 1);
         nics.push(Nic {
-            qemu_args: port.qemu_args(&format!("net{}", i - 1)),
+            netdev: port.netdev_arg(&id),
+            netdev_id: id,
             mac: port.mac.to_string(),
             address: port.address,
             prefix: port.prefix_len,

@@ -361,12 +361,14 @@ fn boot(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue> {
             }
             let console = ctx.register_console(vm.console_log().to_path_buf());
             ctx.log(&format!(
-                "VM {} booted (profile {}, {} MiB, {} CPU, {:?} channel) in {:.1}s; its console is console {console}\n",
+                "VM {} booted (profile {}, {} MiB, {} CPU, {:?} channel, machine {}: {}) in {:.1}s; its console is console {console}\n",
                 handle.name(),
                 handle.profile(),
                 options.memory_mib,
                 options.cpus,
                 vm.channel(),
+                vm.machine().machine.name(),
+                vm.machine().reason,
                 started.elapsed().as_secs_f64(),
             ));
             handle.set_running(vm);

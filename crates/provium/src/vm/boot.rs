@@ -41,6 +41,8 @@ pub enum BootError {
     #[error(transparent)]
     Modules(#[from] super::modules::ModulesError),
     #[error(transparent)]
+    Machine(#[from] super::machine::MachineError),
+    #[error(transparent)]
     Qemu(#[from] QemuError),
     #[error("VM {vm}: cannot create {path}: {source}")]
     Setup {

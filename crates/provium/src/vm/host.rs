@@ -280,6 +280,7 @@ pub fn from_config(profile: &Profile) -> BootProfile {
             .unwrap_or_else(|| DEFAULT_INIT.to_string()),
         append: profile.append.clone().unwrap_or_default(),
         modules: profile.modules.clone(),
+        machine: profile.machine,
     }
 }
 
@@ -307,6 +308,7 @@ mod tests {
             append: None,
             modules: None,
             build: None,
+            machine: None,
         }
     }
 

@@ -202,8 +202,20 @@ pub fn with_files(base: &Path, files: &[InjectedFile], dest: &Path) -> Result<()
 
 /// The module plan for a kernel: the agent's virtio modules from its modules tree
 /// (`lib/modules/<release>`), when it has one.
-pub fn agent_modules(profile: &str, tree: Option<&Path>) -> Result<ModulePlan, InitrdError> {
-    modules_of(profile, tree, kernel::AGENT_MODULES)
+pub fn agent_modules(
+    profile: &str,
+    tree: Option<&Path>,
+    machine: super::machine::Machine,
+) -> Result<ModulePlan, InitrdError> {
+    match machine {
+        super::machine::Machine::Pc => modules_of(profile, tree, kernel::AGENT_MODULES),
+        // Its devices are on virtio-mmio.
+        super::machine::Machine::Microvm => {
+            let mut wanted = kernel::AGENT_MODULES.to_vec();
+            wanted.push("virtio_mmio");
+            modules_of(profile, tree, &wanted)
+        }
+    }
 }
 
 /// The NIC drivers (`virtio_net` and what it needs) from the kernel's modules tree,

@@ -30,20 +30,169 @@ const KERNEL_VERSION_OFFSET: usize = 0x20e;
 pub enum KernelError {
     #[error("cannot read kernel {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("kernel {path} is not an x86 bzImage ({reason}); give a bzImage (arch/x86/boot/bzImage), not vmlinux or another format")]
+    #[error("kernel {path} is neither an x86 bzImage nor a vmlinux ELF ({reason}); give arch/x86/boot/bzImage or the build's vmlinux")]
     NotBzImage { path: PathBuf, reason: String },
+    #[error("kernel {path} is a vmlinux ELF without a PVH entry note, which QEMU cannot boot directly; build it with CONFIG_PVH=y, or give the bzImage")]
+    NoPvhNote { path: PathBuf },
     #[error("cannot read {path}: {source}")]
     ModulesIndex { path: PathBuf, source: io::Error },
     #[error("cannot decompress module {path}: {reason}")]
     Decompress { path: PathBuf, reason: String },
 }
 
-/// Reads the kernel release (`6.1.0-56-cloud-amd64`) from a bzImage header.
+/// What kind of kernel image a profile names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelImage {
+    /// `arch/x86/boot/bzImage`: the x86 boot protocol.
+    BzImage,
+    /// An uncompressed `vmlinux` with a PVH entry note: QEMU boots it directly.
+    PvhElf,
+}
+
+/// `XEN_ELFNOTE_PHYS32_ENTRY`: the PVH entry point, in a note named "Xen".
+const PVH_NOTE_TYPE: u32 = 18;
+
+/// What [`kernel_image`] and [`kernel_version`] found in a vmlinux, by its path, size
+/// and modification time: reading a 40 MB ELF on every boot would cost more than the
+/// boot path it enables saves.
+type ElfFacts = (KernelImage, String);
+
+/// A file's identity for the cache: path, size, modification time.
+type FileKey = (PathBuf, u64, i64, i64);
+type ElfCache = std::sync::Mutex<std::collections::HashMap<FileKey, ElfFacts>>;
+
+fn elf_cache() -> &'static ElfCache {
+    static CACHE: std::sync::OnceLock<ElfCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The PVH note check and release of a vmlinux, read once per version of the file.
+fn elf_facts(path: &Path) -> Result<ElfFacts, KernelError> {
+    use std::os::unix::fs::MetadataExt;
+    let read_err = |source| KernelError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(read_err)?;
+    let key = (
+        path.to_path_buf(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    );
+    if let Some(facts) = elf_cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+    {
+        return Ok(facts.clone());
+    }
+    let data = fs::read(path).map_err(read_err)?;
+    if !has_pvh_note(&data) {
+        return Err(KernelError::NoPvhNote {
+            path: path.to_path_buf(),
+        });
+    }
+    const BANNER: &[u8] = b"Linux version ";
+    let at = data
+        .windows(BANNER.len())
+        .position(|w| w == BANNER)
+        .ok_or_else(|| KernelError::NotBzImage {
+            path: path.to_path_buf(),
+            reason: "an ELF without a `Linux version` banner".to_string(),
+        })?;
+    let rest = &data[at + BANNER.len()..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b' ' || b == 0)
+        .unwrap_or(rest.len());
+    let facts = (
+        KernelImage::PvhElf,
+        String::from_utf8_lossy(&rest[..end]).into_owned(),
+    );
+    elf_cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, facts.clone());
+    Ok(facts)
+}
+
+/// Tells a bzImage from a PVH-bootable ELF (an ELF without the note is an error that
+/// says what to do).
+pub fn kernel_image(path: &Path) -> Result<KernelImage, KernelError> {
+    let read_err = |source| KernelError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut magic = [0u8; 4];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(read_err)?;
+    if &magic != b"\x7fELF" {
+        return Ok(KernelImage::BzImage);
+    }
+    elf_facts(path).map(|(image, _)| image)
+}
+
+/// Whether an ELF64 image has a `Xen` note of type 18 in one of its PT_NOTE
+/// segments.
+fn has_pvh_note(elf: &[u8]) -> bool {
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    // ELF64, little-endian.
+    if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    for i in 0..usize::from(phnum) {
+        let header = phoff as usize + i * usize::from(phentsize);
+        if u32_at(header) != Some(4) {
+            continue; // not PT_NOTE
+        }
+        let (Some(offset), Some(size)) = (u64_at(header + 8), u64_at(header + 32)) else {
+            continue;
+        };
+        let (mut at, end) = (offset as usize, (offset + size) as usize);
+        while at + 12 <= end {
+            let (Some(namesz), Some(descsz), Some(kind)) =
+                (u32_at(at), u32_at(at + 4), u32_at(at + 8))
+            else {
+                break;
+            };
+            let name = elf.get(at + 12..at + 12 + namesz as usize).unwrap_or(&[]);
+            if kind == PVH_NOTE_TYPE && name.starts_with(b"Xen") {
+                return true;
+            }
+            let padded = |n: u32| (n as usize).div_ceil(4) * 4;
+            at += 12 + padded(namesz) + padded(descsz);
+        }
+    }
+    false
+}
+
+/// Reads the kernel release (`6.1.0-56-cloud-amd64`) from a bzImage header, or from
+/// the banner (`Linux version …`) in a vmlinux.
 pub fn kernel_version(path: &Path) -> Result<String, KernelError> {
     let read_err = |source| KernelError::Read {
         path: path.to_path_buf(),
         source,
     };
+    if kernel_image(path)? == KernelImage::PvhElf {
+        return elf_facts(path).map(|(_, release)| release);
+    }
     let not_bz = |reason: String| KernelError::NotBzImage {
         path: path.to_path_buf(),
         reason,
@@ -250,6 +399,47 @@ fn place(
 mod tests {
     use super::*;
 
+    /// A minimal ELF64 with one PT_NOTE segment holding one note, and a banner.
+    fn elf(note_name: &[u8], note_type: u32) -> Vec<u8> {
+        let mut elf = vec![0u8; 0x40];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2; // ELF64
+        elf[5] = 1; // little-endian
+        elf[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes()); // e_phoff
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        let mut note = Vec::new();
+        note.extend((note_name.len() as u32).to_le_bytes());
+        note.extend(4u32.to_le_bytes());
+        note.extend(note_type.to_le_bytes());
+        note.extend(note_name);
+        note.resize(note.len().div_ceil(4) * 4, 0);
+        note.extend([0u8; 4]);
+        let notes_at = 0x40 + 56;
+        let mut ph = vec![0u8; 56];
+        ph[..4].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+        ph[8..16].copy_from_slice(&(notes_at as u64).to_le_bytes());
+        ph[32..40].copy_from_slice(&(note.len() as u64).to_le_bytes());
+        elf.extend(ph);
+        elf.extend(note);
+        elf.extend(b"\0Linux version 6.1.192-provium (provium@provium) #1 SMP\0");
+        elf
+    }
+
+    #[test]
+    fn a_vmlinux_with_a_pvh_note_boots_directly_and_names_its_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let pvh = dir.path().join("vmlinux");
+        fs::write(&pvh, elf(b"Xen\0", PVH_NOTE_TYPE)).unwrap();
+        assert_eq!(kernel_image(&pvh).unwrap(), KernelImage::PvhElf);
+        assert_eq!(kernel_version(&pvh).unwrap(), "6.1.192-provium");
+        let plain = dir.path().join("vmlinux-nopvh");
+        fs::write(&plain, elf(b"GNU\0", 3)).unwrap();
+        let error = kernel_image(&plain).unwrap_err().to_string();
+        assert!(error.contains("without a PVH entry note"), "{error}");
+        assert!(error.contains("CONFIG_PVH=y"), "{error}");
+    }
+
     fn bzimage_with_version(version: &str) -> Vec<u8> {
         let mut image = vec![0u8; 0x4000];
         image[HDRS_OFFSET..HDRS_OFFSET + 4].copy_from_slice(b"HdrS");
@@ -279,7 +469,10 @@ mod tests {
         fs::write(&path, vec![0x7fu8; 0x1000]).unwrap();
         let message = kernel_version(&path).unwrap_err().to_string();
         assert!(message.contains("vmlinux"), "{message}");
-        assert!(message.contains("not an x86 bzImage"), "{message}");
+        assert!(
+            message.contains("neither an x86 bzImage nor a vmlinux ELF"),
+            "{message}"
+        );
         let missing = kernel_version(&dir.path().join("absent")).unwrap_err();
         assert!(matches!(missing, KernelError::Read { .. }));
     }

@@ -16,6 +16,7 @@ pub mod host;
 pub mod initrd;
 pub mod kernel;
 pub mod link;
+pub mod machine;
 pub mod modules;
 pub mod options;
 pub mod qemu;
@@ -75,6 +76,8 @@ pub struct BootProfile {
     /// The kernel's modules (a build tree or an installed tree); `None`: the host's
     /// `/lib/modules/<release>` when it exists.
     pub modules: Option<PathBuf>,
+    /// The profile's `machine`; `None`: Provium chooses ([`machine::choose`]).
+    pub machine: Option<machine::Machine>,
 }
 
 impl BootProfile {
@@ -88,6 +91,7 @@ impl BootProfile {
             init: "none".to_string(),
             append: String::new(),
             modules: None,
+            machine: None,
         }
     }
 }
@@ -104,8 +108,9 @@ pub struct Disk {
 /// it, and what the agent configures in the guest before the test gets the VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
-    /// QEMU's `-netdev …` and `-device …` for it.
-    pub qemu_args: Vec<String>,
+    /// QEMU's `-netdev` value; its `id=` names the netdev the device uses.
+    pub netdev: String,
+    pub netdev_id: String,
     /// `02:70:76:64:00:02`: how the agent finds the interface.
     pub mac: String,
     pub address: std::net::Ipv4Addr,
@@ -247,6 +252,8 @@ pub struct Prepared {
     /// The read-only disk of that tree, for a guest whose agent stays PID 1 (a
     /// profile's own init and root file system bring their own modules).
     pub modules_disk: Option<PathBuf>,
+    /// The machine the profile's VMs boot on.
+    pub machine: machine::MachineSetup,
 }
 
 /// Makes, or finds in the cache, everything the host prepares for a boot of
@@ -258,9 +265,11 @@ pub fn prepare(profile: &BootProfile) -> Result<Prepared, BootError> {
         profile: profile.name.clone(),
         source,
     })?;
+    let machine = machine::choose(&profile.name, profile.machine, &profile.kernel)?;
     let cache = default_profile::cache_dir();
     let modules_tree = modules::tree(&profile.name, profile.modules.as_deref(), &release, &cache)?;
-    let agent_modules = initrd::agent_modules(&profile.name, modules_tree.as_deref())?;
+    let agent_modules =
+        initrd::agent_modules(&profile.name, modules_tree.as_deref(), machine.machine)?;
     let net_modules = initrd::net_modules(&profile.name, modules_tree.as_deref())?;
     let base_initrd = initrd::prepare_base(
         &cache.join("initrd"),
@@ -282,6 +291,7 @@ pub fn prepare(profile: &BootProfile) -> Result<Prepared, BootError> {
         base_initrd,
         modules_tree,
         modules_disk,
+        machine,
     })
 }
 
@@ -393,8 +403,13 @@ impl Vm {
         // can miss its window and panic ("IO-APIC + timer doesn't work!"); seen in CI
         // with several VMs booting at once on 2 cores.
         // nokaslr with a gdb stub: the kernel's symbols are where vmlinux says.
+        // microvm under TCG: the TSC rate, or a failed calibration hangs the boot.
+        let tsc = match (prepared.machine.machine, config.use_kvm) {
+            (machine::Machine::Microvm, false) => machine::tsc_hint().unwrap_or_default(),
+            _ => String::new(),
+        };
         let append = format!(
-            "console=ttyS0 rdinit={AGENT_PATH} panic=-1 no_timer_check{} {modules_flag} {}",
+            "console=ttyS0 rdinit={AGENT_PATH} panic=-1 no_timer_check{} {tsc} {modules_flag} {}",
             if config.gdb_port.is_some() {
                 " nokaslr"
             } else {
@@ -402,6 +417,7 @@ impl Vm {
             },
             profile.append
         );
+        let nic_model = prepared.machine.machine.virtio("net");
         let spec = LaunchSpec {
             vm: config.name.clone(),
             qemu: config.qemu.clone(),
@@ -418,8 +434,22 @@ impl Vm {
             nics: config
                 .nics
                 .iter()
-                .flat_map(|n| n.qemu_args.clone())
+                .flat_map(|n| {
+                    // No option ROM: the kernel is booted directly, and it costs time.
+                    let rom = if nic_model.ends_with("-pci") {
+                        ",romfile="
+                    } else {
+                        ""
+                    };
+                    [
+                        "-netdev".to_string(),
+                        n.netdev.clone(),
+                        "-device".to_string(),
+                        format!("{nic_model},netdev={},mac={}{rom}", n.netdev_id, n.mac),
+                    ]
+                })
                 .collect(),
+            machine: prepared.machine.clone(),
         };
         let limits = BootLimits {
             silence: config.boot_timeout,
@@ -541,6 +571,11 @@ impl Vm {
     /// The channel the agent answered on.
     pub fn channel(&self) -> AgentChannel {
         self.channel
+    }
+
+    /// The machine it runs on, and why that one.
+    pub fn machine(&self) -> &machine::MachineSetup {
+        &self.origin.launch.machine
     }
 
     /// The agent link, for raw protocol requests (benches, tests).

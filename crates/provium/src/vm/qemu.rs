@@ -103,6 +103,8 @@ pub struct LaunchSpec {
     pub gdb_port: Option<u16>,
     /// `-netdev`/`-device` arguments of NICs on host networks, in order.
     pub nics: Vec<String>,
+    /// The machine (`pc`, `microvm`) and its firmware; its devices follow it.
+    pub machine: super::machine::MachineSetup,
 }
 
 #[derive(Debug, Error)]
@@ -540,6 +542,8 @@ fn qemu_args(spec: &LaunchSpec, agent: &Path, uart: &Path, qmp: &Path) -> Vec<St
         ("tcg", "max")
     };
     args.extend(["-accel".into(), accel.into(), "-cpu".into(), cpu.into()]);
+    args.extend(spec.machine.qemu_args());
+    let machine = spec.machine.machine;
     args.extend([
         "-m".into(),
         format!("{}M", spec.memory_mib),
@@ -556,16 +560,20 @@ fn qemu_args(spec: &LaunchSpec, agent: &Path, uart: &Path, qmp: &Path) -> Vec<St
         "stdio,id=console,signal=off".into(),
         "-serial".into(),
         "chardev:console".into(),
-        // ttyS1: the agent's fallback channel when the guest has no virtio console.
+        // ttyS1: the agent's fallback channel when the guest has no virtio console
+        // (on a machine with a second UART; the socket exists either way).
         "-chardev".into(),
         format!(
             "socket,id=uart1,path={},server=on,wait=off",
             opt_escape(uart)
         ),
-        "-serial".into(),
-        "chardev:uart1".into(),
+    ]);
+    if machine.has_fallback_uart() {
+        args.extend(["-serial".into(), "chardev:uart1".into()]);
+    }
+    args.extend([
         "-device".into(),
-        "virtio-serial-pci,id=vser0".into(),
+        format!("{},id=vser0", machine.virtio("serial")),
         "-chardev".into(),
         format!(
             "socket,id=agent,path={},server=on,wait=off",
@@ -603,7 +611,7 @@ fn qemu_args(spec: &LaunchSpec, agent: &Path, uart: &Path, qmp: &Path) -> Vec<St
             "-drive".into(),
             format!("{options},if=none,id=disk{index}"),
             "-device".into(),
-            format!("virtio-blk-pci,drive=disk{index}{serial}"),
+            format!("{},drive=disk{index}{serial}", machine.virtio("blk")),
         ]);
     }
     args.extend(spec.nics.iter().cloned());
@@ -760,6 +768,11 @@ mod tests {
             resume: false,
             gdb_port: None,
             nics: Vec::new(),
+            machine: crate::vm::machine::MachineSetup {
+                machine: crate::vm::machine::Machine::Pc,
+                firmware: None,
+                reason: String::new(),
+            },
         };
         let args = qemu_args(
             &spec,
@@ -804,6 +817,11 @@ mod tests {
             resume: true,
             gdb_port: None,
             nics: Vec::new(),
+            machine: crate::vm::machine::MachineSetup {
+                machine: crate::vm::machine::Machine::Pc,
+                firmware: None,
+                reason: String::new(),
+            },
         };
         let sock = Path::new("/tmp/r/s");
         let args = qemu_args(&spec, sock, sock, sock);
