@@ -171,11 +171,11 @@ fn stage(
 }
 
 /// A read-only ext4 image of `tree` (a `lib/modules/<release>` directory), built once
-/// and cached.
+/// and cached (`v2`: without a journal).
 pub fn disk(profile: &str, tree: &Path, cache: &Path) -> Result<PathBuf, ModulesError> {
     let dir = cache.join("modules");
     let image = dir.join(format!(
-        "disk-{}.img",
+        "disk-v2-{}.img",
         key_of(tree, &tree.join("modules.dep"))
     ));
     if image.is_file() {
@@ -204,6 +204,9 @@ pub fn disk(profile: &str, tree: &Path, cache: &Path) -> Result<PathBuf, Modules
                 "-q",
                 "-t",
                 "ext4",
+                // Read-only: no journal to find and check at every mount.
+                "-O",
+                "^has_journal",
                 "-L",
                 DISK_SERIAL,
                 "-E",

@@ -27,7 +27,7 @@ const PANIC_MARKER: &str = "Kernel panic - not syncing";
 /// `sun_path` is 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 /// How long to retry connecting to a chardev socket QEMU is still creating.
-const CONNECT_RETRY: Duration = Duration::from_millis(10);
+const CONNECT_RETRY: Duration = Duration::from_millis(2);
 /// Bound on reaping QEMU after SIGKILL (it cannot ignore the signal).
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
