@@ -184,7 +184,7 @@ mod tests {
         let cases = [
             (
                 "{ memroy = '1G' }",
-                "VM v: boot: unknown option 'memroy' (known options: memory, cpus, files, disks, append, boot_timeout, gdb)",
+                "VM v: boot: unknown option 'memroy' (known options: memory, cpus, files, disks, networks, append, boot_timeout, gdb)",
             ),
             ("{ memory = '1T' }", "invalid size '1T'"),
             ("{ memory = '0' }", "zero is not a size"),

@@ -782,7 +782,7 @@ mod tests {
         );
         let joined = args.join(" ");
         assert!(
-            joined.contains("-accel tcg -cpu max -m 512M -smp 2"),
+            joined.contains("-accel tcg -cpu max -machine pc -m 512M -smp 2"),
             "{joined}"
         );
         assert!(joined.contains(
