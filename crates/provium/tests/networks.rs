@@ -70,7 +70,8 @@ fn qemus_under(dir: &Path) -> String {
 
 /// Two files run at once, each with its own network on the same subnet: were the
 /// segments shared, `a` (10.77.0.2 in the first file) would reach 10.77.0.3 (`d` in
-/// the second). They wait for each other through files in the sandbox.
+/// the second). They wait for each other through files in the sandbox. (Counting the
+/// frames `d` receives would not prove it: the guests' own IPv6 multicast reaches it.)
 #[test]
 fn parallel_files_with_networks_cannot_reach_each_other_and_leave_nothing() {
     let sb = Sandbox::new();
@@ -111,10 +112,8 @@ fn parallel_files_with_networks_cannot_reach_each_other_and_leave_nothing() {
                      d:boot({{ memory = '256M', networks = {{ net }} }})\n\
                      assert_eq('10.77.0.3', d:ip(net))\n\
                      assert(c:exec('ping -c 1 -W 2 10.77.0.3').ok, 'no ping inside one file')\n\
-                     local before = net:stats(d).rx_frames\n\
                      mark(sync .. '/second-up')\n\
                      wait_for(sync .. '/first-done')\n\
-                     assert_eq(before, net:stats(d).rx_frames, 'frames from the other file reached d')\n\
                      provium.shutdown_all()\n"
                 ),
             ),

@@ -64,19 +64,28 @@ impl FakeGuest {
     }
 
     fn recv_within(&self, wait: Duration) -> Option<Vec<u8>> {
-        self.socket.set_read_timeout(Some(wait)).unwrap();
+        let deadline = Instant::now() + wait;
         let mut buffer = vec![0u8; 70_000];
-        match self.socket.recv(&mut buffer) {
-            Ok(len) => Some(buffer[..len].to_vec()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                None
+        loop {
+            // Another test of this process may deliver a signal (EINTR): wait out the rest.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
             }
-            Err(e) => panic!("recv on {}: {e}", self.port.vm),
+            self.socket.set_read_timeout(Some(left)).unwrap();
+            match self.socket.recv(&mut buffer) {
+                Ok(len) => return Some(buffer[..len].to_vec()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
+                Err(e) => panic!("recv on {}: {e}", self.port.vm),
+            }
         }
     }
 
