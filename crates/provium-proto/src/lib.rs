@@ -10,7 +10,10 @@ pub mod message;
 mod wire;
 
 pub use error::{errno_name, AgentError, ProtoError};
-pub use frame::{encode_frame, encode_message, Frame, FrameReader, FRAME_HEADER_LEN, MAGIC};
+pub use frame::{
+    encode_frame, encode_message, encode_request, seal_frame, Frame, FrameReader, FRAME_HEADER_LEN,
+    MAGIC,
+};
 pub use message::{IoctlPtr, Message, PtrPatch, Request, Response, SyscallBuf, MAX_SYSCALL_ARGS};
 
 /// Protocol version exchanged in `Hello`/`HelloAck`. Bump on any change to the message

@@ -194,22 +194,28 @@ const TAG_CREDIT: u8 = 0x03;
 
 impl Message {
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_after(Vec::new())
+    }
+
+    /// Appends the encoding to `out` (e.g. after a frame header still to be filled),
+    /// so a large message is written once.
+    pub fn encode_after(&self, out: Vec<u8>) -> Vec<u8> {
         let mut w;
         match self {
             Message::Hello { version } => {
-                w = Writer::new(TAG_HELLO);
+                w = Writer::after(out, TAG_HELLO);
                 w.u32(*version);
             }
             Message::HelloAck { version } => {
-                w = Writer::new(TAG_HELLO_ACK);
+                w = Writer::after(out, TAG_HELLO_ACK);
                 w.u32(*version);
             }
             Message::Credit { bytes } => {
-                w = Writer::new(TAG_CREDIT);
+                w = Writer::after(out, TAG_CREDIT);
                 w.u32(*bytes);
             }
-            Message::Request(req) => w = req.encode(),
-            Message::Response(resp) => w = resp.encode(),
+            Message::Request(req) => w = req.encode(out),
+            Message::Response(resp) => w = resp.encode(out),
         }
         w.out
     }
@@ -265,31 +271,36 @@ impl Request {
         }
     }
 
-    fn encode(&self) -> Writer {
+    /// Appends the request's encoding to `out` (see [`Message::encode_after`]).
+    pub fn encode_after(&self, out: Vec<u8>) -> Vec<u8> {
+        self.encode(out).out
+    }
+
+    fn encode(&self, out: Vec<u8>) -> Writer {
         let mut w;
         match self {
             Request::Exec { cmd, timeout_ms } => {
-                w = Writer::new(0x10);
+                w = Writer::after(out, 0x10);
                 w.str(cmd).u64(*timeout_ms);
             }
             Request::ReadFile { path } => {
-                w = Writer::new(0x11);
+                w = Writer::after(out, 0x11);
                 w.str(path);
             }
             Request::WriteFile { path, data, mode } => {
-                w = Writer::new(0x12);
+                w = Writer::after(out, 0x12);
                 w.str(path).bytes(data).opt_u32(*mode);
             }
-            Request::Dmesg => w = Writer::new(0x13),
-            Request::MountVfs => w = Writer::new(0x14),
-            Request::Shutdown => w = Writer::new(0x15),
+            Request::Dmesg => w = Writer::after(out, 0x13),
+            Request::MountVfs => w = Writer::after(out, 0x14),
+            Request::Shutdown => w = Writer::after(out, 0x15),
             Request::Syscall {
                 nr,
                 args,
                 bufs,
                 ptrs,
             } => {
-                w = Writer::new(0x16);
+                w = Writer::after(out, 0x16);
                 w.i64(*nr).len(args.len());
                 for a in args {
                     w.u64(*a);
@@ -308,11 +319,11 @@ impl Request {
                 }
             }
             Request::Ioctl { fd, cmd, data } => {
-                w = Writer::new(0x17);
+                w = Writer::after(out, 0x17);
                 w.i32(*fd).u64(*cmd).opt_bytes(data.as_deref());
             }
             Request::IoctlBuf { fd, cmd, arg, ptrs } => {
-                w = Writer::new(0x18);
+                w = Writer::after(out, 0x18);
                 w.i32(*fd).u64(*cmd).bytes(arg).len(ptrs.len());
                 for p in ptrs {
                     w.u64(p.ptr_offset)
@@ -322,29 +333,29 @@ impl Request {
                 }
             }
             Request::Background { cmd } => {
-                w = Writer::new(0x19);
+                w = Writer::after(out, 0x19);
                 w.str(cmd);
             }
             Request::JobWait { id, timeout_ms } => {
-                w = Writer::new(0x1a);
+                w = Writer::after(out, 0x1a);
                 w.u64(*id).u64(*timeout_ms);
             }
             Request::JobKill { id } => {
-                w = Writer::new(0x1b);
+                w = Writer::after(out, 0x1b);
                 w.u64(*id);
             }
             Request::Spawn { thread } => {
-                w = Writer::new(0x1c);
+                w = Writer::after(out, 0x1c);
                 w.bool(*thread);
             }
             Request::WorkerKill { channel } => {
-                w = Writer::new(0x1d);
+                w = Writer::after(out, 0x1d);
                 w.u32(*channel);
             }
-            Request::Quiesce => w = Writer::new(0x1e),
-            Request::Ping => w = Writer::new(0x1f),
+            Request::Quiesce => w = Writer::after(out, 0x1e),
+            Request::Ping => w = Writer::after(out, 0x1f),
             Request::Cancel { seq } => {
-                w = Writer::new(0x20);
+                w = Writer::after(out, 0x20);
                 w.u32(*seq);
             }
         }
@@ -454,7 +465,7 @@ impl Request {
 }
 
 impl Response {
-    fn encode(&self) -> Writer {
+    fn encode(&self, out: Vec<u8>) -> Writer {
         let mut w;
         match self {
             Response::Exec {
@@ -462,20 +473,20 @@ impl Response {
                 stdout,
                 stderr,
             } => {
-                w = Writer::new(0x40);
+                w = Writer::after(out, 0x40);
                 w.i32(*exit_code).bytes(stdout).bytes(stderr);
             }
             Response::File { data } => {
-                w = Writer::new(0x41);
+                w = Writer::after(out, 0x41);
                 w.bytes(data);
             }
-            Response::Done => w = Writer::new(0x42),
+            Response::Done => w = Writer::after(out, 0x42),
             Response::Dmesg { log } => {
-                w = Writer::new(0x43);
+                w = Writer::after(out, 0x43);
                 w.bytes(log);
             }
             Response::Syscall { ret, bufs, outputs } => {
-                w = Writer::new(0x44);
+                w = Writer::after(out, 0x44);
                 w.i64(*ret).len(bufs.len());
                 for b in bufs {
                     w.bytes(b);
@@ -486,11 +497,11 @@ impl Response {
                 }
             }
             Response::Ioctl { ret, data } => {
-                w = Writer::new(0x45);
+                w = Writer::after(out, 0x45);
                 w.i64(*ret).opt_bytes(data.as_deref());
             }
             Response::Job { id, pid } => {
-                w = Writer::new(0x46);
+                w = Writer::after(out, 0x46);
                 w.u64(*id).i32(*pid);
             }
             Response::JobStatus {
@@ -499,17 +510,17 @@ impl Response {
                 stdout,
                 stderr,
             } => {
-                w = Writer::new(0x47);
+                w = Writer::after(out, 0x47);
                 w.bool(*running).i32(*exit_code).bytes(stdout).bytes(stderr);
             }
             Response::Spawned { channel, pid } => {
-                w = Writer::new(0x48);
+                w = Writer::after(out, 0x48);
                 w.u32(*channel).i32(*pid);
             }
-            Response::Quiesced => w = Writer::new(0x49),
-            Response::Pong => w = Writer::new(0x4a),
+            Response::Quiesced => w = Writer::after(out, 0x49),
+            Response::Pong => w = Writer::after(out, 0x4a),
             Response::Error(e) => {
-                w = Writer::new(0x7f);
+                w = Writer::after(out, 0x7f);
                 e.encode(&mut w);
             }
         }
