@@ -28,6 +28,7 @@ fn syscall_with_patches() -> Request {
                 3u64.to_le_bytes(),
             ]
             .concat(),
+            output: true,
         }],
         ptrs: vec![
             PtrPatch {

@@ -319,6 +319,7 @@ mod tests {
             bufs: vec![crate::SyscallBuf {
                 arg_idx: 1,
                 data: vec![0xaa],
+                output: false,
             }],
             ptrs: vec![crate::PtrPatch {
                 buf_idx: 1,
@@ -339,6 +340,7 @@ mod tests {
                 "01000000",
                 "01000000",
                 "aa",
+                "00",
                 "01000000",
                 "01000000",
                 "0000000000000000",

@@ -18,7 +18,7 @@ pub use message::{IoctlPtr, Message, PtrPatch, Request, Response, SyscallBuf, MA
 
 /// Protocol version exchanged in `Hello`/`HelloAck`. Bump on any change to the message
 /// encoding; the frame header and the handshake messages never change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame payload accepted by either side. Leaves room around [`MAX_DATA`] for
 /// the message's own fields (tag, lengths, a path).

@@ -13,6 +13,9 @@ pub struct SyscallBuf {
     /// 0-based argument index.
     pub arg_idx: u32,
     pub data: Vec<u8>,
+    /// Return the buffer's contents after the call; an input-only buffer never
+    /// travels back.
+    pub output: bool,
 }
 
 /// A pointer written into a syscall buffer: `data_len` guest bytes (starting with
@@ -133,9 +136,9 @@ pub enum Response {
     Dmesg {
         log: Vec<u8>,
     },
-    /// `ret` is the raw result (negative errno on failure); `bufs` are the argument
-    /// buffers after the call in argument-index order, `outputs` the `output` pointer
-    /// targets in request order.
+    /// `ret` is the raw result (negative errno on failure); `bufs` are the `output`
+    /// argument buffers after the call in argument-index order (for `IoctlBuf`, the
+    /// struct), `outputs` the `output` pointer targets in request order.
     Syscall {
         ret: i64,
         bufs: Vec<Vec<u8>>,
@@ -307,7 +310,7 @@ impl Request {
                 }
                 w.len(bufs.len());
                 for b in bufs {
-                    w.u32(b.arg_idx).bytes(&b.data);
+                    w.u32(b.arg_idx).bytes(&b.data).bool(b.output);
                 }
                 w.len(ptrs.len());
                 for p in ptrs {
@@ -386,12 +389,13 @@ impl Request {
                 for _ in 0..n {
                     args.push(r.u64("syscall arg")?);
                 }
-                let n = r.count("syscall buffers", 8)?;
+                let n = r.count("syscall buffers", 9)?;
                 let mut bufs = Vec::with_capacity(n);
                 for _ in 0..n {
                     bufs.push(SyscallBuf {
                         arg_idx: r.u32("buffer index")?,
                         data: r.bytes("buffer data")?,
+                        output: r.bool("buffer output flag")?,
                     });
                 }
                 let n = r.count("pointer patches", 25)?;
@@ -625,10 +629,12 @@ mod tests {
                     SyscallBuf {
                         arg_idx: 1,
                         data: b"abc".to_vec(),
+                        output: true,
                     },
                     SyscallBuf {
                         arg_idx: 3,
                         data: vec![],
+                        output: false,
                     },
                 ],
                 ptrs: vec![PtrPatch {

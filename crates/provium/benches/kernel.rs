@@ -34,6 +34,7 @@ fn main() -> Result<()> {
             bufs: vec![SyscallBuf {
                 arg_idx: 0,
                 data: b"/dev/null\0".to_vec(),
+                output: false,
             }],
             ..SyscallCall::default()
         },
@@ -53,6 +54,7 @@ fn main() -> Result<()> {
         bufs: vec![SyscallBuf {
             arg_idx: 1,
             data: buffer.clone(),
+            output: false,
         }],
         ..SyscallCall::default()
     };
