@@ -107,13 +107,13 @@ pub fn frame(data: &[u8]) {
 }
 
 /// Tags of what the host sends: the handshake (and Credit, which the agent must
-/// ignore) and requests.
+/// ignore), a file's data, and requests.
 fn request_tag(tag: u8) -> u8 {
     match tag {
-        0x01..=0x03 | 0x10..=0x3f => tag,
-        other => match other % 51 {
-            n @ 0..=2 => 0x01 + n,
-            n => 0x10 + (n - 3),
+        0x01..=0x04 | 0x10..=0x3f => tag,
+        other => match other % 52 {
+            n @ 0..=3 => 0x01 + n,
+            n => 0x10 + (n - 4),
         },
     }
 }

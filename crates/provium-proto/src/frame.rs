@@ -5,7 +5,7 @@
 use std::io::Read;
 
 use crate::error::ProtoError;
-use crate::message::{Message, Request};
+use crate::message::{Message, Request, TAG_DATA};
 use crate::MAX_PAYLOAD;
 
 /// The resync marker opening every frame.
@@ -103,8 +103,71 @@ pub fn encode_request(channel: u32, seq: u32, req: &Request) -> Result<Vec<u8>, 
     Ok(out)
 }
 
+/// Bytes in front of a `Data` message's bytes in its frame: the frame header, the
+/// message tag and the data length.
+pub const DATA_FRAME_PREFIX: usize = FRAME_HEADER_LEN + 5;
+
+/// Fills in a [`Message::Data`] frame built in place: `frame` holds
+/// [`DATA_FRAME_PREFIX`] bytes (overwritten), then the data, so a sender can read a
+/// file straight into the frame it sends.
+pub fn seal_data_frame(frame: &mut [u8], channel: u32, seq: u32) -> Result<(), ProtoError> {
+    if frame.len() < DATA_FRAME_PREFIX {
+        return Err(ProtoError::Truncated {
+            what: "data frame",
+            need: DATA_FRAME_PREFIX as u64,
+            have: frame.len() as u64,
+        });
+    }
+    let data_len = (frame.len() - DATA_FRAME_PREFIX) as u64;
+    frame[FRAME_HEADER_LEN] = TAG_DATA;
+    frame[FRAME_HEADER_LEN + 1..DATA_FRAME_PREFIX]
+        .copy_from_slice(&u32::try_from(data_len).unwrap_or(u32::MAX).to_le_bytes());
+    seal_frame(frame, channel, seq)
+}
+
+/// Encodes a [`Message::Data`] frame carrying `data`: one copy, one checksum pass.
+pub fn encode_data_frame(channel: u32, seq: u32, data: &[u8]) -> Result<Vec<u8>, ProtoError> {
+    let mut out = Vec::with_capacity(DATA_FRAME_PREFIX + data.len());
+    out.extend_from_slice(&[0; DATA_FRAME_PREFIX]);
+    out.extend_from_slice(data);
+    seal_data_frame(&mut out, channel, seq)?;
+    Ok(out)
+}
+
 fn le32(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+impl Frame {
+    /// The bytes of a [`Message::Data`] payload, without copying them; `None` for
+    /// any other message.
+    pub fn data(&self) -> Result<Option<&[u8]>, ProtoError> {
+        match self.payload.first() {
+            Some(&TAG_DATA) => {}
+            _ => return Ok(None),
+        }
+        let have = self.payload.len() - 1;
+        if have < 4 {
+            return Err(ProtoError::Truncated {
+                what: "data",
+                need: 4,
+                have: have as u64,
+            });
+        }
+        let len = le32(&self.payload[1..5]) as usize;
+        let rest = &self.payload[5..];
+        match len.cmp(&rest.len()) {
+            std::cmp::Ordering::Equal => Ok(Some(rest)),
+            std::cmp::Ordering::Greater => Err(ProtoError::Truncated {
+                what: "data",
+                need: len as u64,
+                have: rest.len() as u64,
+            }),
+            std::cmp::Ordering::Less => Err(ProtoError::TrailingBytes {
+                extra: (rest.len() - len) as u64,
+            }),
+        }
+    }
 }
 
 /// How much a [`FrameReader`] asks of a reader at a time when no frame in
@@ -352,12 +415,80 @@ mod tests {
     }
 
     #[test]
-    fn a_request_encodes_as_its_message() {
+    fn pinned_data_frame() {
+        let f = encode_data_frame(2, 9, b"abc").unwrap();
+        assert_eq!(
+            hex(&f),
+            "5052564d0200000009000000080000001049b63cd44b26470403000000616263",
+        );
+        let msg = Message::Data {
+            bytes: b"abc".to_vec(),
+        };
+        assert_eq!(f, encode_message(2, 9, &msg).unwrap());
         let ping = Request::Ping;
         assert_eq!(
             encode_request(2, 9, &ping).unwrap(),
             encode_message(2, 9, &Message::Request(ping)).unwrap()
         );
+        let mut r = FrameReader::new();
+        r.push(&f);
+        let frame = r.next_frame().unwrap().unwrap();
+        assert_eq!(frame.data().unwrap(), Some(&b"abc"[..]));
+        assert_eq!(frame.message().unwrap(), msg);
+    }
+
+    #[test]
+    fn pinned_transfer_payloads() {
+        let write = Message::Request(Request::WriteFile {
+            path: "/f".into(),
+            size: 5,
+            mode: Some(0o600),
+        });
+        assert_eq!(
+            hex(&write.encode()),
+            concat!(
+                "12",
+                "02000000",
+                "2f66",
+                "0500000000000000",
+                "01",
+                "80010000"
+            )
+        );
+        let file = Message::Response(crate::Response::File { size: 5 });
+        assert_eq!(hex(&file.encode()), "410500000000000000");
+    }
+
+    #[test]
+    fn a_data_frame_sealed_in_place_equals_the_encoded_one() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let mut frame = vec![0xee; DATA_FRAME_PREFIX];
+        frame.extend_from_slice(&data);
+        seal_data_frame(&mut frame, 1, 2).unwrap();
+        assert_eq!(frame, encode_data_frame(1, 2, &data).unwrap());
+        assert!(seal_data_frame(&mut [0; 10], 1, 2).is_err());
+    }
+
+    #[test]
+    fn data_of_other_messages_is_none_and_malformed_data_an_error() {
+        let ping = Frame {
+            channel: 0,
+            seq: 1,
+            payload: Message::Request(Request::Ping).encode(),
+        };
+        assert_eq!(ping.data(), Ok(None));
+        for payload in [
+            vec![TAG_DATA, 1],
+            vec![TAG_DATA, 2, 0, 0, 0, 9],
+            vec![TAG_DATA, 0, 0, 0, 0, 9],
+        ] {
+            let frame = Frame {
+                channel: 0,
+                seq: 1,
+                payload,
+            };
+            assert!(frame.data().is_err(), "{frame:?}");
+        }
     }
 
     #[test]
@@ -379,7 +510,7 @@ mod tests {
 
     #[test]
     fn reading_from_a_source_sizes_the_buffer_for_the_frame_in_progress() {
-        let big = encode_frame(0, 1, &vec![5u8; 1536 * 1024]).unwrap();
+        let big = encode_data_frame(0, 1, &vec![5u8; 1536 * 1024]).unwrap();
         let small = encode_message(0, 2, &Message::Request(Request::Ping)).unwrap();
         let stream = [big.clone(), small].concat();
         /// A source that returns at most 4 KiB per read, as a virtio-serial port does.

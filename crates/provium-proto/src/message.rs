@@ -53,10 +53,12 @@ pub enum Request {
     ReadFile {
         path: String,
     },
-    /// Create or truncate `path`; `mode` (permission bits) defaults to 0644.
+    /// Create or truncate `path` and write `size` bytes into it, which follow in
+    /// `Data` messages with this request's channel and sequence number; `mode`
+    /// (permission bits) defaults to 0644.
     WriteFile {
         path: String,
-        data: Vec<u8>,
+        size: u64,
         mode: Option<u32>,
     },
     /// The kernel log buffer.
@@ -128,8 +130,10 @@ pub enum Response {
         stdout: Vec<u8>,
         stderr: Vec<u8>,
     },
+    /// A `ReadFile`'s end: the file's contents went before it in `Data` messages
+    /// with the request's channel and sequence number, `size` bytes in all.
     File {
-        data: Vec<u8>,
+        size: u64,
     },
     /// Success without a value (WriteFile, MountVfs, Shutdown, WorkerKill).
     Done,
@@ -187,6 +191,12 @@ pub enum Message {
     Credit {
         bytes: u32,
     },
+    /// A piece of the data of the request or answer with the same channel and
+    /// sequence number (a `WriteFile`'s contents, a `ReadFile`'s answer), so large
+    /// transfers move in pipelined chunks with a checksum each.
+    Data {
+        bytes: Vec<u8>,
+    },
     Request(Request),
     Response(Response),
 }
@@ -194,6 +204,8 @@ pub enum Message {
 const TAG_HELLO: u8 = 0x01;
 const TAG_HELLO_ACK: u8 = 0x02;
 const TAG_CREDIT: u8 = 0x03;
+/// The tag of [`Message::Data`].
+pub const TAG_DATA: u8 = 0x04;
 
 impl Message {
     pub fn encode(&self) -> Vec<u8> {
@@ -217,6 +229,10 @@ impl Message {
                 w = Writer::after(out, TAG_CREDIT);
                 w.u32(*bytes);
             }
+            Message::Data { bytes } => {
+                w = Writer::after(out, TAG_DATA);
+                w.bytes(bytes);
+            }
             Message::Request(req) => w = req.encode(out),
             Message::Response(resp) => w = resp.encode(out),
         }
@@ -236,6 +252,9 @@ impl Message {
             TAG_CREDIT => Message::Credit {
                 bytes: r.u32("bytes")?,
             },
+            TAG_DATA => Message::Data {
+                bytes: r.bytes("data")?,
+            },
             0x10..=0x3f => Message::Request(Request::decode(tag, &mut r)?),
             0x40..=0x7f => Message::Response(Response::decode(tag, &mut r)?),
             tag => {
@@ -250,28 +269,58 @@ impl Message {
     }
 }
 
+/// The name of the operation a request tag stands for (`None` for any other tag),
+/// for routing and error messages without decoding the request.
+pub fn op_name_of_tag(tag: u8) -> Option<&'static str> {
+    Some(match tag {
+        0x10 => "exec",
+        0x11 => "read_file",
+        0x12 => "write_file",
+        0x13 => "dmesg",
+        0x14 => "mount_vfs",
+        0x15 => "shutdown",
+        0x16 => "syscall",
+        0x17 => "ioctl",
+        0x18 => "ioctl_buf",
+        0x19 => "background",
+        0x1a => "job_wait",
+        0x1b => "job_kill",
+        0x1c => "spawn",
+        0x1d => "worker_kill",
+        0x1e => "quiesce",
+        0x1f => "ping",
+        0x20 => "cancel",
+        _ => return None,
+    })
+}
+
 impl Request {
+    /// The request's tag on the wire (its first payload byte).
+    pub fn tag(&self) -> u8 {
+        match self {
+            Request::Exec { .. } => 0x10,
+            Request::ReadFile { .. } => 0x11,
+            Request::WriteFile { .. } => 0x12,
+            Request::Dmesg => 0x13,
+            Request::MountVfs => 0x14,
+            Request::Shutdown => 0x15,
+            Request::Syscall { .. } => 0x16,
+            Request::Ioctl { .. } => 0x17,
+            Request::IoctlBuf { .. } => 0x18,
+            Request::Background { .. } => 0x19,
+            Request::JobWait { .. } => 0x1a,
+            Request::JobKill { .. } => 0x1b,
+            Request::Spawn { .. } => 0x1c,
+            Request::WorkerKill { .. } => 0x1d,
+            Request::Quiesce => 0x1e,
+            Request::Ping => 0x1f,
+            Request::Cancel { .. } => 0x20,
+        }
+    }
+
     /// The operation's name, for error messages.
     pub fn op_name(&self) -> &'static str {
-        match self {
-            Request::Exec { .. } => "exec",
-            Request::ReadFile { .. } => "read_file",
-            Request::WriteFile { .. } => "write_file",
-            Request::Dmesg => "dmesg",
-            Request::MountVfs => "mount_vfs",
-            Request::Shutdown => "shutdown",
-            Request::Syscall { .. } => "syscall",
-            Request::Ioctl { .. } => "ioctl",
-            Request::IoctlBuf { .. } => "ioctl_buf",
-            Request::Background { .. } => "background",
-            Request::JobWait { .. } => "job_wait",
-            Request::JobKill { .. } => "job_kill",
-            Request::Spawn { .. } => "spawn",
-            Request::WorkerKill { .. } => "worker_kill",
-            Request::Quiesce => "quiesce",
-            Request::Ping => "ping",
-            Request::Cancel { .. } => "cancel",
-        }
+        op_name_of_tag(self.tag()).unwrap_or("request")
     }
 
     /// Appends the request's encoding to `out` (see [`Message::encode_after`]).
@@ -290,9 +339,9 @@ impl Request {
                 w = Writer::after(out, 0x11);
                 w.str(path);
             }
-            Request::WriteFile { path, data, mode } => {
+            Request::WriteFile { path, size, mode } => {
                 w = Writer::after(out, 0x12);
-                w.str(path).bytes(data).opt_u32(*mode);
+                w.str(path).u64(*size).opt_u32(*mode);
             }
             Request::Dmesg => w = Writer::after(out, 0x13),
             Request::MountVfs => w = Writer::after(out, 0x14),
@@ -376,7 +425,7 @@ impl Request {
             },
             0x12 => Request::WriteFile {
                 path: r.string("path")?,
-                data: r.bytes("file data")?,
+                size: r.u64("file size")?,
                 mode: r.opt_u32("mode")?,
             },
             0x13 => Request::Dmesg,
@@ -480,9 +529,9 @@ impl Response {
                 w = Writer::after(out, 0x40);
                 w.i32(*exit_code).bytes(stdout).bytes(stderr);
             }
-            Response::File { data } => {
+            Response::File { size } => {
                 w = Writer::after(out, 0x41);
-                w.bytes(data);
+                w.u64(*size);
             }
             Response::Done => w = Writer::after(out, 0x42),
             Response::Dmesg { log } => {
@@ -539,7 +588,7 @@ impl Response {
                 stderr: r.bytes("stderr")?,
             },
             0x41 => Response::File {
-                data: r.bytes("file data")?,
+                size: r.u64("file size")?,
             },
             0x42 => Response::Done,
             0x43 => Response::Dmesg {
@@ -605,12 +654,12 @@ mod tests {
             },
             Request::WriteFile {
                 path: "/tmp/x".into(),
-                data: vec![0, 1, 255, b'\n'],
+                size: 16 << 20,
                 mode: Some(0o755),
             },
             Request::WriteFile {
                 path: "/tmp/y".into(),
-                data: vec![],
+                size: 0,
                 mode: None,
             },
             Request::Dmesg,
@@ -725,9 +774,7 @@ mod tests {
                 stdout: b"out".to_vec(),
                 stderr: vec![0xff, 0],
             },
-            Response::File {
-                data: (0..=255).collect(),
-            },
+            Response::File { size: 1 << 40 },
             Response::Done,
             Response::Dmesg {
                 log: b"[0.0] Linux\n".to_vec(),
@@ -763,6 +810,11 @@ mod tests {
         let mut msgs = vec![
             Message::Hello { version: 1 },
             Message::HelloAck { version: u32::MAX },
+            Message::Credit { bytes: 4096 },
+            Message::Data {
+                bytes: (0..=255).collect(),
+            },
+            Message::Data { bytes: vec![] },
         ];
         msgs.extend(reqs.into_iter().map(Message::Request));
         msgs.extend(resps.into_iter().map(Message::Response));
@@ -775,6 +827,18 @@ mod tests {
             let bytes = m.encode();
             assert_eq!(Message::decode(&bytes).unwrap(), m, "bytes {bytes:02x?}");
         }
+    }
+
+    #[test]
+    fn every_request_starts_with_its_tag_and_is_named_by_it() {
+        for m in all_messages() {
+            if let Message::Request(req) = &m {
+                assert_eq!(m.encode()[0], req.tag(), "{m:?}");
+                assert_eq!(op_name_of_tag(req.tag()), Some(req.op_name()));
+            }
+        }
+        assert_eq!(op_name_of_tag(0x21), None);
+        assert_eq!(op_name_of_tag(TAG_DATA), None);
     }
 
     #[test]
