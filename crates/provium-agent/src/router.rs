@@ -7,6 +7,18 @@
 //! process worker gets its frames over a socket pair; a relay thread copies its
 //! answers back. So the router keeps reading the link (and crediting the UART)
 //! while any channel performs a request, and a large transfer crosses no extra hop.
+//!
+//! A thread that serves a channel can die alone (a test's raw `exit`, a seccomp
+//! kill) without closing anything the router would see: its mailbox and the link
+//! stay open, and nothing wakes. So while such a channel performs a request, a
+//! watchdog thread checks every [`THREAD_POLL`] that its thread still exists
+//! (`tgkill(pid, tid, 0)`), and fails the request when it does not; a request sent
+//! to a thread already gone is refused at once. Polling was chosen over the
+//! kernel's exit notification (`CLONE_CHILD_CLEARTID`): the thread library already
+//! owns that word for each thread and frees the thread's memory when it is seen
+//! cleared, and nothing else reports a single thread's end on this kernel (a pidfd
+//! for a thread needs Linux 6.9). The check costs one syscall per poll while a
+//! request runs, and nothing while the channel is idle.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,7 +27,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use provium_proto::{
@@ -48,10 +60,14 @@ const HOST_ABSENT_RETRY: Duration = Duration::from_millis(20);
 /// 16 KiB), or the host would wait for a credit that never comes.
 const CREDIT_BATCH: usize = 4 * 1024;
 
+/// While a thread-served channel performs a request, how often the router checks
+/// that the thread still exists: a dead thread's request fails within this.
+const THREAD_POLL: Duration = Duration::from_millis(100);
+
 #[derive(Clone, Copy)]
 enum WorkerKind {
     Process(i32),
-    Thread,
+    Thread(i32),
 }
 
 /// How frames reach a channel's request loop.
@@ -62,19 +78,26 @@ enum Route {
     Socket { to_worker: Sender<Vec<u8>> },
 }
 
+/// The request a channel is performing.
+struct Pending {
+    seq: u32,
+    op: &'static str,
+}
+
 struct Channel {
     route: Route,
     kind: WorkerKind,
     /// Why the channel can no longer answer, once it cannot.
     gone: Option<String>,
-    /// The sequence number of the request the channel is performing.
-    pending: Option<u32>,
+    pending: Option<Pending>,
 }
 
 /// What the router shares with the threads that serve channels or relay answers.
 struct Shared {
     writer: Mutex<Option<File>>,
     channels: Mutex<HashMap<u32, Channel>>,
+    /// Signalled (with `channels`) when a thread-served channel starts a request.
+    thread_busy: Condvar,
     /// Data bytes per `Data` frame on the current link.
     chunk: AtomicUsize,
 }
@@ -119,8 +142,8 @@ impl Shared {
             (reason, ch.pending.take())
         };
         log!("channel {channel}: {reason}");
-        if let Some(seq) = pending {
-            self.refuse(channel, seq, AgentError::WorkerGone { channel, reason });
+        if let Some(p) = pending {
+            self.refuse(channel, p.seq, AgentError::WorkerGone { channel, reason });
         }
     }
 
@@ -134,7 +157,7 @@ impl Shared {
         if ch.gone.is_some() {
             return false;
         }
-        if ch.pending == Some(seq) {
+        if ch.pending.as_ref().is_some_and(|p| p.seq == seq) {
             ch.pending = None;
         }
         true
@@ -145,6 +168,41 @@ impl Shared {
             .get(&channel)
             .is_some_and(|ch| ch.gone.is_some())
     }
+
+    /// Fails the requests of thread-served channels whose thread has died; runs for
+    /// the life of the agent, waiting while no such channel performs a request.
+    fn watch_threads(&self) {
+        let mut channels = lock(&self.channels);
+        loop {
+            if busy_threads(&channels).is_empty() {
+                channels = self
+                    .thread_busy
+                    .wait(channels)
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            drop(channels);
+            std::thread::sleep(THREAD_POLL);
+            let busy = busy_threads(&lock(&self.channels));
+            for (channel, tid, op) in busy {
+                if !thread_alive(tid) {
+                    self.end_channel(channel, thread_ended(tid, Some(op)));
+                }
+            }
+            channels = lock(&self.channels);
+        }
+    }
+}
+
+/// The thread-served channels performing a request: (channel, thread, operation).
+fn busy_threads(channels: &HashMap<u32, Channel>) -> Vec<(u32, i32, &'static str)> {
+    channels
+        .iter()
+        .filter_map(|(&channel, ch)| match (ch.kind, &ch.pending, &ch.gone) {
+            (WorkerKind::Thread(tid), Some(p), None) => Some((channel, tid, p.op)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A thread-served channel's answers: straight onto the link.
@@ -176,6 +234,24 @@ impl Outbox for LinkOutbox {
     }
 }
 
+/// Whether thread `tid` of this process still exists: `tgkill` with signal 0 checks
+/// without sending anything, and fails with ESRCH once the thread has exited (the
+/// kernel releases an exited thread other than the leader at once).
+fn thread_alive(tid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing; tgkill takes no pointers.
+    let ret = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, 0) };
+    ret == 0 || sys::errno() != libc::ESRCH
+}
+
+fn thread_ended(tid: i32, op: Option<&str>) -> String {
+    match op {
+        Some(op) => {
+            format!("its thread {tid} ended during {op} (it exited, or the kernel killed it)")
+        }
+        None => format!("its thread {tid} ended (it exited, or the kernel killed it)"),
+    }
+}
+
 pub struct Router {
     mode: Mode,
     shared: Arc<Shared>,
@@ -192,12 +268,18 @@ impl Router {
             shared: Arc::new(Shared {
                 writer: Mutex::new(None),
                 channels: Mutex::new(HashMap::new()),
+                thread_busy: Condvar::new(),
                 chunk: AtomicUsize::new(DATA_CHUNK),
             }),
             next_channel: MAIN_CHANNEL + 1,
             accepted: false,
             quiesced: false,
         };
+        let shared = Arc::clone(&router.shared);
+        std::thread::Builder::new()
+            .name("thread-watch".to_string())
+            .spawn(move || shared.watch_threads())
+            .map_err(|e| format!("cannot start the thread watchdog: {e}"))?;
         router
             .start_worker(MAIN_CHANNEL, true)
             .map_err(|e| format!("cannot start the main channel: {e}"))?;
@@ -388,27 +470,36 @@ impl Router {
     /// channel performs until it answers; only a request is refused when the channel
     /// does not exist or is gone (nothing answers data or a cancel).
     fn forward(&self, channel: u32, frame: Frame, op: Option<&'static str>) {
-        let request = op.is_some();
         let seq = frame.seq;
         let mut channels = lock(&self.shared.channels);
         let Some(ch) = channels.get_mut(&channel) else {
             drop(channels);
-            if request {
+            if op.is_some() {
                 self.shared
                     .refuse(channel, seq, AgentError::UnknownChannel { channel });
             }
             return;
         };
+        if let (WorkerKind::Thread(tid), Some(_), None) = (ch.kind, op, &ch.gone) {
+            if !thread_alive(tid) {
+                drop(channels);
+                self.shared.end_channel(channel, thread_ended(tid, None));
+                return self.forward(channel, frame, op);
+            }
+        }
         if let Some(reason) = ch.gone.clone() {
             drop(channels);
-            if request {
+            if op.is_some() {
                 self.shared
                     .refuse(channel, seq, AgentError::WorkerGone { channel, reason });
             }
             return;
         }
-        if request {
-            ch.pending = Some(seq);
+        if let Some(op) = op {
+            ch.pending = Some(Pending { seq, op });
+            if let WorkerKind::Thread(_) = ch.kind {
+                self.shared.thread_busy.notify_one();
+            }
         }
         match &ch.route {
             Route::Mailbox(mailbox) => mailbox.push(frame),
@@ -470,8 +561,8 @@ impl Router {
                     // Its relay reports the death and fails its request.
                     return Ok(Response::Done);
                 }
-                (WorkerKind::Thread, Route::Mailbox(mailbox)) => Arc::clone(mailbox),
-                (WorkerKind::Thread, Route::Socket { .. }) => return Ok(Response::Done),
+                (WorkerKind::Thread(_), Route::Mailbox(mailbox)) => Arc::clone(mailbox),
+                (WorkerKind::Thread(_), Route::Socket { .. }) => return Ok(Response::Done),
             }
         };
         // A thread cannot be killed alone: its loop ends after its current request
@@ -550,7 +641,7 @@ impl Router {
             channel,
             Channel {
                 route: Route::Mailbox(mailbox),
-                kind: WorkerKind::Thread,
+                kind: WorkerKind::Thread(tid),
                 gone: None,
                 pending: None,
             },

@@ -691,6 +691,64 @@ fn thread_workers_have_independent_credentials() {
     assert!(matches!(err, AgentError::WorkerGone { .. }), "{err}");
 }
 
+fn syscall_request(nr: i64, args: &[u64]) -> Request {
+    Request::Syscall {
+        nr,
+        args: args.to_vec(),
+        bufs: vec![],
+        ptrs: vec![],
+    }
+}
+
+/// A thread worker's death is seen within a second, whether the thread ends during
+/// a request or between two: its call fails with the reason, later calls at once.
+fn assert_reported_gone(link: &Link, channel: u32, tid: i32, call: &Request) {
+    let start = Instant::now();
+    let err = agent_error(link.call(channel, call, T));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(&err, AgentError::WorkerGone { reason, .. } if reason.contains(&format!("thread {tid} ended"))),
+        "{err}"
+    );
+    let start = Instant::now();
+    let err = agent_error(link.call(channel, &Request::Ping, T));
+    assert!(matches!(err, AgentError::WorkerGone { .. }), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(1));
+    // The agent and its other channels go on.
+    assert_eq!(link.call(0, &Request::Ping, T).unwrap(), Response::Pong);
+}
+
+#[test]
+fn a_thread_worker_that_exits_is_reported_gone_at_once() {
+    let agent = Agent::start();
+    let link = agent.link();
+    let (channel, tid) = spawn(&link, true);
+    let (other, _) = spawn(&link, true);
+    // exit(2) ends the calling thread only.
+    assert_reported_gone(&link, channel, tid, &syscall_request(libc::SYS_exit, &[0]));
+    assert_eq!(link.call(other, &Request::Ping, T).unwrap(), Response::Pong);
+    assert_eq!(exec(&link, 0, "echo alive").1, "alive\n");
+}
+
+#[test]
+fn a_thread_worker_killed_by_seccomp_is_reported_gone_at_once() {
+    let agent = Agent::start();
+    let link = agent.link();
+    let (channel, tid) = spawn(&link, true);
+    // prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT): from then on any syscall but read,
+    // write, exit and sigreturn kills the thread; its answer still goes out.
+    let strict = syscall_request(libc::SYS_prctl, &[22, 1]);
+    match link.call(channel, &strict, T).unwrap() {
+        Response::Syscall { ret, .. } => assert_eq!(ret, 0),
+        other => panic!("{other:?}"),
+    }
+    assert_reported_gone(&link, channel, tid, &syscall_request(libc::SYS_getpid, &[]));
+}
+
 #[test]
 fn a_busy_main_channel_does_not_hold_up_the_workers() {
     let agent = Agent::start();
