@@ -404,7 +404,7 @@ fn transfers(bench: &Bench) -> Result<()> {
         None,
     );
     report_rate(
-        "virtio-serial host->guest: 128 MiB, 2nd port",
+        "virtio-serial host->guest: dd 128 MiB, 2nd port",
         &rate(RAW_PORT_BYTES, &s.port_in),
         None,
     );
@@ -412,7 +412,7 @@ fn transfers(bench: &Bench) -> Result<()> {
     let uart_out = rate(RAW_UART_BYTES, &s.uart_out);
     let uart_in = rate(RAW_UART_BYTES, &s.uart_in);
     report_rate("ttyS1 guest->host: dd 4 MiB", &uart_out, None);
-    report_rate("ttyS1 host->guest: head -c 4 MiB", &uart_in, None);
+    report_rate("ttyS1 host->guest: dd 4 MiB", &uart_in, None);
     println!("16 MiB transfers over virtio-serial");
     let write_base = if tmpfs.mb_s() < port_out.mb_s() {
         ("tmpfs dd", tmpfs.mb_s())

@@ -4,11 +4,12 @@
 //! - A second virtio-serial port, hot-plugged through QMP for the bench only
 //!   (`chardev-add` of a socket in the bench's directory, `device_add` of a
 //!   `virtserialport` on the VM's `vser0` bus): the guest `dd`s into it while the host
-//!   counts what arrives, and the host writes into it while the guest reads.
+//!   counts what arrives, and the host writes into it while the guest `dd`s it to
+//!   `/dev/null`.
 //! - `dd` into tmpfs: what the guest's file writes cost without any channel.
 //! - The bare ttyS1 UART of a VM whose agent serves on virtio-serial (the port is
 //!   idle there): the guest `dd`s into it while the host counts, and the host writes
-//!   into it while the guest reads with `head -c`. The same emulated 8250 and guest
+//!   into it while the guest `dd`s it to `/dev/null`. The same emulated 8250 and guest
 //!   driver carry the fallback's transfers; only the agent and its flow control are
 //!   missing.
 //!
@@ -227,11 +228,13 @@ impl BenchPort {
         self.counter.time(bytes, || run(vm, &cmd))
     }
 
-    /// The host writes `bytes` into the port; the guest reads them with `head -c`.
+    /// The host writes `bytes` into the port; the guest `dd`s them to `/dev/null`.
     pub fn host_to_guest(&mut self, vm: &Vm, bytes: usize) -> Result<Duration> {
         let job = vm.client().background(&format!(
-            "exec < {}; echo ready >&2; head -c {bytes} > /dev/null",
-            self.device
+            "exec < {}; echo ready >&2; exec dd of=/dev/null bs={DD_BLOCK} count={} \
+             iflag=fullblock 2>/dev/null",
+            self.device,
+            bytes / DD_BLOCK
         ))?;
         let stream = &mut self.stream;
         time_reader(vm, job, || flood(stream, bytes))
@@ -280,10 +283,12 @@ impl RawUart {
     }
 
     /// The host writes `bytes` into ttyS1 as fast as QEMU takes them; the guest
-    /// reads them with `head -c`.
+    /// `dd`s them to `/dev/null`.
     pub fn host_to_guest(&mut self, vm: &Vm, bytes: usize) -> Result<Duration> {
         let job = vm.client().background(&format!(
-            "exec < /dev/ttyS1; stty 115200 raw -echo; echo ready >&2; head -c {bytes} > /dev/null"
+            "exec < /dev/ttyS1; stty 115200 raw -echo; echo ready >&2; \
+             exec dd of=/dev/null bs={UART_BLOCK} count={} iflag=fullblock 2>/dev/null",
+            bytes / UART_BLOCK
         ))?;
         let stream = &mut self.stream;
         time_reader(vm, job, || flood(stream, bytes))
