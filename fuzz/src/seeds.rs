@@ -28,6 +28,7 @@ fn syscall_with_patches() -> Request {
                 3u64.to_le_bytes(),
             ]
             .concat(),
+            output: true,
         }],
         ptrs: vec![
             PtrPatch {
@@ -68,7 +69,7 @@ pub fn requests() -> Vec<(&'static str, Request)> {
             "write_file",
             Request::WriteFile {
                 path: "/tmp/x".into(),
-                data: vec![0, 1, 255, b'\n'],
+                size: 4,
                 mode: Some(0o755),
             },
         ),
@@ -76,7 +77,7 @@ pub fn requests() -> Vec<(&'static str, Request)> {
             "write_file_default_mode",
             Request::WriteFile {
                 path: "/tmp/y".into(),
-                data: vec![],
+                size: 0,
                 mode: None,
             },
         ),
@@ -222,12 +223,7 @@ pub fn responses() -> Vec<(&'static str, Response)> {
                 stderr: vec![0xff, 0],
             },
         ),
-        (
-            "file",
-            Response::File {
-                data: (0..=255).collect(),
-            },
-        ),
+        ("file", Response::File { size: 256 }),
         ("done", Response::Done),
         (
             "dmesg",
@@ -399,6 +395,39 @@ pub fn seeds() -> Vec<Seed> {
         "frame",
         "oversize_header_then_frame",
         [vec![4], oversize, frame_of(0, 5, &hello)].concat(),
+    );
+
+    // A file's data in chunks after its request (host to agent) or before its
+    // answer (agent to host).
+    let data = Message::Data {
+        bytes: b"hello".to_vec(),
+    };
+    add("request", "data", data.encode());
+    let write = Message::Request(Request::WriteFile {
+        path: "/tmp/f".into(),
+        size: 10,
+        mode: None,
+    });
+    add(
+        "frame",
+        "write_file_then_data",
+        [
+            vec![6],
+            frame_of(0, 7, &write),
+            frame_of(0, 7, &data),
+            frame_of(0, 7, &data),
+        ]
+        .concat(),
+    );
+    add(
+        "frame",
+        "data_then_file",
+        [
+            vec![8],
+            frame_of(0, 8, &data),
+            frame_of(0, 8, &Message::Response(Response::File { size: 5 })),
+        ]
+        .concat(),
     );
 
     let hello_payload = hello.encode();

@@ -1,9 +1,34 @@
 -- Background jobs and worker processes (fork and thread) against a real guest.
-local SYS = { write = 1, close = 3, getpid = 39, exit_group = 231, getuid = 102, setuid = 105,
-  openat = 257, gettid = 186 }
+local SYS = { write = 1, close = 3, getpid = 39, exit = 60, exit_group = 231, getuid = 102,
+  setuid = 105, openat = 257, gettid = 186, prctl = 157 }
 
 local vm = provium.create()
 vm:boot()
+
+-- The host's wall clock in seconds (Lua's os.clock is CPU time).
+local function now()
+  local p = assert(io.popen("date +%s.%N"))
+  local t = tonumber(p:read("l"))
+  p:close()
+  return t
+end
+
+-- `call` fails within a second, saying the thread worker is gone; so does the next
+-- call; the VM goes on.
+local function reported_gone_at_once(t, call)
+  local start = now()
+  local ok, err = pcall(call)
+  local took = now() - start
+  assert(not ok, "the call on a dead thread worker returned")
+  assert_contains(tostring(err), "the worker is gone: its thread")
+  assert(took < 1, string.format("the death took %.2f s to be reported", took))
+  start = now()
+  ok, err = pcall(t.syscall, t, SYS.getpid)
+  assert(not ok, "a later call on a dead thread worker returned")
+  assert_contains(tostring(err), "the worker is gone")
+  assert(now() - start < 1, "the later call was not refused at once")
+  assert(vm:exec("true").ok, "the VM's agent went with the thread")
+end
 
 test("background_job_polled_then_waited", function()
   local job = vm:background("sleep 1; echo finished; echo warn >&2; exit 3")
@@ -60,6 +85,22 @@ test("thread_worker_shares_fds_but_not_credentials", function()
   vm:syscall(SYS.close, fd)
   assert_eq("thread", vm:read_file("/tmp/shared-fd"))
   t:kill()
+end)
+
+test("a_thread_worker_that_exits_is_reported_gone_at_once", function()
+  local t = vm:spawn({ thread = true })
+  local other = vm:spawn({ thread = true })
+  -- exit(2), unlike exit_group(2), ends the calling thread only.
+  reported_gone_at_once(t, function() return t:syscall(SYS.exit, 0) end)
+  assert(other:syscall(SYS.gettid) > 0, "another thread worker went with it")
+end)
+
+test("a_thread_worker_killed_by_seccomp_is_reported_gone_at_once", function()
+  local t = vm:spawn({ thread = true })
+  -- prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT): the kernel kills the thread at its
+  -- next syscall other than read, write, exit or sigreturn.
+  assert_eq(0, t:syscall(SYS.prctl, 22, 1))
+  reported_gone_at_once(t, function() return t:syscall(SYS.getpid) end)
 end)
 
 test("a_worker_that_exits_is_reported_gone", function()

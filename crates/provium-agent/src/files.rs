@@ -1,25 +1,38 @@
-//! Binary-safe file transfer, the kernel log and the standard virtual file systems.
+//! Binary-safe file transfer in chunks (`Data` frames, see docs/protocol.md), the
+//! kernel log and the standard virtual file systems.
 
 use std::ffi::CStr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 
-use provium_proto::{AgentError, Response, MAX_DATA};
+use provium_proto::{AgentError, Response, DATA_FRAME_PREFIX, MAX_DATA};
 
 use crate::sys;
 
-pub fn read_file(path: &str) -> Result<Response, AgentError> {
+/// Opens `path` read-only, or names the path and errno.
+fn open_read(path: &str) -> Result<OwnedFd, AgentError> {
     let c_path = sys::cstring(path, "read_file", "path")?;
     // SAFETY: `c_path` is a NUL-terminated path alive for the call.
     let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(sys::path_error("open", path));
     }
-    let result = read_capped(fd, path);
-    // SAFETY: `fd` was opened above and has no other owner.
-    unsafe { libc::close(fd) };
-    result.map(|data| Response::File { data })
+    // SAFETY: open succeeded; the descriptor has no other owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn read_capped(fd: i32, path: &str) -> Result<Vec<u8>, AgentError> {
+/// Sends `path`'s contents as `Data` frames of up to `chunk` bytes and answers with
+/// their total. Each frame is read straight into `frame` (the caller's buffer, kept
+/// between requests: fresh memory costs a page fault per 4 KiB under TCG) after the
+/// room its prefix needs; `send` seals and sends it, false when no one takes it.
+/// A file past the cap is `FileTooLarge`: at once when `fstat` shows it, otherwise
+/// once the bytes read pass it (the host drops what it got).
+pub fn read_file(
+    path: &str,
+    chunk: usize,
+    frame: &mut Vec<u8>,
+    send: &mut dyn FnMut(&mut [u8]) -> bool,
+) -> Result<Response, AgentError> {
+    let fd = open_read(path)?;
     let too_large = || AgentError::FileTooLarge {
         path: path.to_string(),
         cap: u64::from(MAX_DATA),
@@ -27,69 +40,141 @@ fn read_capped(fd: i32, path: &str) -> Result<Vec<u8>, AgentError> {
     // SAFETY: `stat` is plain data; all zeros is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid place for the kernel's `struct stat`.
-    if unsafe { libc::fstat(fd, &mut st) } == 0
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0
         && (st.st_mode & libc::S_IFMT) == libc::S_IFREG
         && st.st_size > i64::from(MAX_DATA)
     {
         return Err(too_large());
     }
-    // Files in /proc and /sys report size 0, so read until EOF, one byte past the cap
-    // at most.
-    let mut data = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
+    let end = DATA_FRAME_PREFIX + chunk;
+    if frame.len() < end {
+        frame.resize(end, 0);
+    }
+    // Files in /proc and /sys report size 0, so read until end-of-file.
+    let mut total: u64 = 0;
     loop {
-        let n = sys::read_fd(fd, &mut chunk).map_err(|errno| AgentError::Path {
-            op: "read".to_string(),
-            path: path.to_string(),
-            errno,
-        })?;
-        if n == 0 {
-            return Ok(data);
+        let mut filled = DATA_FRAME_PREFIX;
+        while filled < end {
+            let n = sys::read_fd(fd.as_raw_fd(), &mut frame[filled..end]).map_err(|errno| {
+                AgentError::Path {
+                    op: "read".to_string(),
+                    path: path.to_string(),
+                    errno,
+                }
+            })?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
         }
-        if data.len() + n > MAX_DATA as usize {
+        let n = filled - DATA_FRAME_PREFIX;
+        if n == 0 {
+            return Ok(Response::File { size: total });
+        }
+        total += n as u64;
+        if total > u64::from(MAX_DATA) {
             return Err(too_large());
         }
-        data.extend_from_slice(&chunk[..n]);
+        if !send(&mut frame[..filled]) {
+            return Err(AgentError::Os {
+                op: "send read_file data".to_string(),
+                errno: libc::EPIPE,
+            });
+        }
     }
 }
 
-pub fn write_file(path: &str, data: &[u8], mode: Option<u32>) -> Result<Response, AgentError> {
-    if data.len() > MAX_DATA as usize {
-        return Err(AgentError::FileTooLarge {
-            path: path.to_string(),
-            cap: u64::from(MAX_DATA),
-        });
-    }
-    let c_path = sys::cstring(path, "write_file", "path")?;
-    // SAFETY: `c_path` is a NUL-terminated path alive for the call.
-    let fd = unsafe {
-        libc::open(
-            c_path.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-            mode.unwrap_or(0o644),
-        )
-    };
-    if fd < 0 {
-        return Err(sys::path_error("open", path));
-    }
-    let mut result = sys::write_all_fd(fd, data).map_err(|errno| AgentError::Path {
-        op: "write".to_string(),
-        path: path.to_string(),
-        errno,
-    });
-    // An explicit mode must not be narrowed by the umask, nor left as it was when the
-    // file already existed.
-    if let (Ok(()), Some(mode)) = (&result, mode) {
-        // SAFETY: fchmod on the descriptor opened above takes no pointers.
-        if unsafe { libc::fchmod(fd, mode) } != 0 {
-            result = Err(sys::path_error("chmod", path));
+/// A `write_file` in progress: the file is open and `left` more bytes are due in
+/// `Data` frames carrying the request's sequence number, written as they arrive.
+pub struct Upload {
+    /// The request's sequence number.
+    pub seq: u32,
+    path: String,
+    fd: OwnedFd,
+    left: u64,
+    mode: Option<u32>,
+}
+
+impl Upload {
+    /// Creates or truncates `path` for `size` bytes; more than the cap is refused
+    /// before anything is opened.
+    pub fn start(
+        seq: u32,
+        path: String,
+        size: u64,
+        mode: Option<u32>,
+    ) -> Result<Upload, AgentError> {
+        if size > u64::from(MAX_DATA) {
+            return Err(AgentError::FileTooLarge {
+                path,
+                cap: u64::from(MAX_DATA),
+            });
         }
+        let c_path = sys::cstring(&path, "write_file", "path")?;
+        // SAFETY: `c_path` is a NUL-terminated path alive for the call.
+        let fd = unsafe {
+            libc::open(
+                c_path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+                mode.unwrap_or(0o644),
+            )
+        };
+        if fd < 0 {
+            return Err(sys::path_error("open", &path));
+        }
+        Ok(Upload {
+            seq,
+            path,
+            // SAFETY: open succeeded; the descriptor has no other owner.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            left: size,
+            mode,
+        })
     }
-    // SAFETY: `fd` was opened above and has no other owner.
-    if unsafe { libc::close(fd) } != 0 && result.is_ok() {
-        result = Err(sys::path_error("close", path));
+
+    /// Whether every announced byte has been written.
+    pub fn complete(&self) -> bool {
+        self.left == 0
     }
-    result.map(|()| Response::Done)
+
+    /// Writes the next piece of the file.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), AgentError> {
+        if data.len() as u64 > self.left {
+            return Err(AgentError::InvalidRequest {
+                op: "write_file".to_string(),
+                reason: format!(
+                    "{} bytes of data arrived for the {} bytes still due",
+                    data.len(),
+                    self.left
+                ),
+            });
+        }
+        sys::write_all_fd(self.fd.as_raw_fd(), data).map_err(|errno| AgentError::Path {
+            op: "write".to_string(),
+            path: self.path.clone(),
+            errno,
+        })?;
+        self.left -= data.len() as u64;
+        Ok(())
+    }
+
+    /// Applies an explicit mode and closes the file: the answer once it is complete.
+    pub fn finish(self) -> Result<Response, AgentError> {
+        // An explicit mode must not be narrowed by the umask, nor left as it was when
+        // the file already existed.
+        if let Some(mode) = self.mode {
+            // SAFETY: fchmod on the descriptor opened above takes no pointers.
+            if unsafe { libc::fchmod(self.fd.as_raw_fd(), mode) } != 0 {
+                return Err(sys::path_error("chmod", &self.path));
+            }
+        }
+        let fd = self.fd.into_raw_fd();
+        // SAFETY: `fd` came from `into_raw_fd` above; this is its only owner.
+        if unsafe { libc::close(fd) } != 0 {
+            return Err(sys::path_error("close", &self.path));
+        }
+        Ok(Response::Done)
+    }
 }
 
 pub fn dmesg() -> Result<Response, AgentError> {

@@ -8,6 +8,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod boot;
+mod channel;
 mod exec;
 mod files;
 mod log;

@@ -200,6 +200,8 @@ pub fn plan_ioctl_buf(
         vec![SyscallBuf {
             arg_idx: IOCTL_ARG,
             data: arg,
+            // `ioctl_buf` returns the struct after the call.
+            output: true,
         }],
         &patches,
     )
@@ -213,7 +215,7 @@ impl SyscallPlan {
 
     /// Writes each patch buffer's address (8 bytes, little-endian) into its target
     /// and each argument buffer's address into its argument word, then runs `call`
-    /// with the words and answers with its result. The addresses stay valid during
+    /// with the words and answers with its result and the `output` buffers. The addresses stay valid during
     /// `call`: nothing is resized between taking them and the call.
     pub fn perform(mut self, call: impl FnOnce(&[u64; MAX_SYSCALL_ARGS]) -> i64) -> Response {
         for sub in &mut self.subs {
@@ -227,7 +229,12 @@ impl SyscallPlan {
         let ret = call(&self.args);
         Response::Syscall {
             ret,
-            bufs: self.bufs.into_iter().map(|b| b.data).collect(),
+            bufs: self
+                .bufs
+                .into_iter()
+                .filter(|b| b.output)
+                .map(|b| b.data)
+                .collect(),
             outputs: self
                 .subs
                 .into_iter()
@@ -265,6 +272,7 @@ mod tests {
         SyscallBuf {
             arg_idx,
             data: data.to_vec(),
+            output: true,
         }
     }
 
@@ -323,6 +331,24 @@ mod tests {
             panic!("{resp:?}")
         };
         assert_eq!(bufs, vec![b"one".to_vec(), b"four".to_vec()]);
+    }
+
+    #[test]
+    fn only_output_buffers_come_back() {
+        let input = SyscallBuf {
+            output: false,
+            ..buf(2, b"in")
+        };
+        let plan = plan_syscall("syscall", &[], vec![input, buf(0, b"out")], &[]).unwrap();
+        let resp = plan.perform(|a| {
+            // SAFETY: argument 2 points at the plan's input buffer, alive during the call.
+            assert_eq!(unsafe { bytes_at(a[2], 2) }, b"in");
+            0
+        });
+        let Response::Syscall { bufs, .. } = resp else {
+            panic!("{resp:?}")
+        };
+        assert_eq!(bufs, vec![b"out".to_vec()]);
     }
 
     #[test]

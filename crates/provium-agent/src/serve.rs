@@ -1,17 +1,15 @@
-//! One channel's request loop: reads requests from its socket, performs them, answers.
-//! The main channel runs this on a thread of the agent; workers run it in their own
-//! forked process or clone(CLONE_THREAD) thread.
+//! One channel's request loop: takes frames from its [`Inbox`], performs requests,
+//! answers through its [`Outbox`]. The main channel and thread workers run it on a
+//! thread of the router's process, fed through a mailbox; process workers in their
+//! own forked process, fed through a socket pair.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 
-use provium_proto::{encode_message, AgentError, Frame, FrameReader, Message, Request, Response};
+use provium_proto::{seal_data_frame, AgentError, Frame, Message, Request, Response};
 
+use crate::channel::{Inbox, Outbox};
 use crate::exec::{self, Jobs, Watch};
-use crate::files;
-use crate::log::log;
+use crate::files::{self, Upload};
 use crate::syscall;
 
 /// Where the agent runs: in a guest, or on the host for testing (`--serve-unix`),
@@ -22,19 +20,34 @@ pub enum Mode {
     Host,
 }
 
-struct Worker {
+struct Worker<'a> {
     mode: Mode,
     jobs: Jobs,
+    outbox: &'a dyn Outbox,
+    /// The `write_file` whose data is arriving, if any.
+    upload: Option<Upload>,
+    /// The buffer `read_file` frames are built in, kept from one request to the next.
+    frame: Vec<u8>,
 }
 
-impl Worker {
+impl Worker<'_> {
     /// Performs `req`; an `exec` watches the channel through `watch` for a cancel.
-    fn handle(&mut self, req: Request, watch: Option<Watch<'_>>) -> Response {
+    fn handle(&mut self, seq: u32, req: Request, watch: Option<Watch<'_>>) -> Option<Response> {
         let op = req.op_name();
         let result = match req {
             Request::Exec { cmd, timeout_ms } => exec::exec(&cmd, timeout_ms, watch),
-            Request::ReadFile { path } => files::read_file(&path),
-            Request::WriteFile { path, data, mode } => files::write_file(&path, &data, mode),
+            Request::ReadFile { path } => self.read_file(seq, &path),
+            Request::WriteFile { path, size, mode } => {
+                match Upload::start(seq, path, size, mode) {
+                    Ok(upload) if upload.complete() => upload.finish(),
+                    Ok(upload) => {
+                        // Answered once the last `Data` frame is written.
+                        self.upload = Some(upload);
+                        return None;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Request::Dmesg => files::dmesg(),
             Request::MountVfs if self.mode == Mode::Host => Err(AgentError::Unsupported {
                 op: op.to_string(),
@@ -62,52 +75,96 @@ impl Worker {
                 reason: "only the main channel's router performs it".to_string(),
             }),
         };
-        result.unwrap_or_else(Response::Error)
+        Some(result.unwrap_or_else(Response::Error))
+    }
+
+    fn read_file(&mut self, seq: u32, path: &str) -> Result<Response, AgentError> {
+        let outbox = self.outbox;
+        let mut send = |frame: &mut [u8]| {
+            seal_data_frame(frame, outbox.channel(), seq).is_ok() && outbox.data(frame)
+        };
+        files::read_file(path, outbox.chunk(), &mut self.frame, &mut send)
+    }
+
+    /// Takes one piece of the upload `seq`; answers once the upload is complete or
+    /// has failed. Data for any other request (one abandoned or already answered) is
+    /// dropped.
+    fn data(&mut self, seq: u32, bytes: &[u8]) {
+        let Some(upload) = self.upload.as_mut().filter(|u| u.seq == seq) else {
+            return;
+        };
+        let result = match upload.write(bytes) {
+            Ok(()) if !upload.complete() => return,
+            Ok(()) => self.upload.take().map(Upload::finish),
+            Err(e) => {
+                self.upload = None;
+                Some(Err(e))
+            }
+        };
+        if let Some(result) = result {
+            self.outbox
+                .answer(seq, result.unwrap_or_else(Response::Error));
+        }
     }
 }
 
-/// Serves requests from `sock` until the other end closes it. A `Cancel` for the
-/// request being performed stops its command; one arriving when nothing runs is
-/// stale (the command ended first) and is dropped.
-pub fn serve(sock: UnixStream, mode: Mode) {
+/// Serves requests from `inbox` until the channel closes. A `Cancel` for the request
+/// being performed stops its command (or drops its upload); one arriving when nothing
+/// runs is stale and dropped. A new request abandons an upload still waiting for data.
+pub fn serve(inbox: &mut dyn Inbox, outbox: &dyn Outbox, mode: Mode) {
     let mut worker = Worker {
         mode,
         jobs: Jobs::default(),
+        outbox,
+        upload: None,
+        frame: Vec::new(),
     };
-    let mut reader = FrameReader::new();
-    // Frames read while a command ran (the channel is read to hear a cancel).
+    // Frames that arrived while a command ran (the channel is read to hear a cancel).
     let mut queued: VecDeque<Frame> = VecDeque::new();
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let frame = match queued.pop_front() {
-            Some(frame) => frame,
-            None => match reader.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) | Err(_) => match (&sock).read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        reader.push(&buf[..n]);
-                        continue;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        log!("channel read failed: {e}");
-                        return;
-                    }
-                },
-            },
+        let Some(frame) = queued.pop_front().or_else(|| inbox.next()) else {
+            return;
         };
         let seq = frame.seq;
+        match frame.data() {
+            Ok(Some(bytes)) => {
+                worker.data(seq, bytes);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if worker.upload.as_ref().is_some_and(|u| u.seq == seq) {
+                    worker.upload = None;
+                    outbox.answer(
+                        seq,
+                        Response::Error(AgentError::InvalidRequest {
+                            op: "write_file".to_string(),
+                            reason: format!("bad data: {e}"),
+                        }),
+                    );
+                }
+                continue;
+            }
+        }
         let response = match frame.message() {
-            Ok(Message::Request(Request::Cancel { .. })) => continue,
+            Ok(Message::Request(Request::Cancel { seq: cancelled })) => {
+                if worker.upload.as_ref().is_some_and(|u| u.seq == cancelled) {
+                    worker.upload = None;
+                }
+                continue;
+            }
             Ok(Message::Request(req)) => {
-                let mut heard_cancel =
-                    || read_while_busy(&sock, &mut reader, &mut queued, &mut buf, seq);
+                worker.upload = None;
+                let fd = inbox.fd();
+                let mut heard_cancel = || read_while_busy(inbox, &mut queued, seq);
                 let watch = Watch {
-                    fd: sock.as_raw_fd(),
+                    fd,
                     readable: &mut heard_cancel,
                 };
-                worker.handle(req, Some(watch))
+                match worker.handle(seq, req, Some(watch)) {
+                    Some(response) => response,
+                    None => continue,
+                }
             }
             Ok(other) => Response::Error(AgentError::InvalidRequest {
                 op: "dispatch".to_string(),
@@ -118,45 +175,34 @@ pub fn serve(sock: UnixStream, mode: Mode) {
                 reason: e.to_string(),
             }),
         };
-        let out = encode_message(frame.channel, seq, &Message::Response(response)).or_else(|e| {
-            encode_message(
-                frame.channel,
-                seq,
-                &Message::Response(Response::Error(AgentError::InvalidRequest {
-                    op: "encode".to_string(),
-                    reason: e.to_string(),
-                })),
-            )
-        });
-        let Ok(out) = out else { return };
-        if (&sock).write_all(&out).is_err() {
-            return;
-        }
+        outbox.answer(seq, response);
     }
 }
 
-/// Reads what arrived on the channel while request `busy` runs: true when it holds a
+/// Takes what arrived on the channel while request `busy` runs: true when it holds a
 /// cancel of that request, or when the channel closed (no one waits for the answer);
 /// every other frame is kept for the serve loop.
-fn read_while_busy(
-    sock: &UnixStream,
-    reader: &mut FrameReader,
-    queued: &mut VecDeque<Frame>,
-    buf: &mut [u8],
-    busy: u32,
-) -> bool {
-    match (&*sock).read(buf) {
-        Ok(0) => return true,
-        Ok(n) => reader.push(&buf[..n]),
-        Err(_) => return false,
-    }
-    let mut cancelled = false;
-    while let Ok(Some(frame)) = reader.next_frame() {
-        match frame.message() {
-            Ok(Message::Request(Request::Cancel { seq })) if seq == busy => cancelled = true,
-            Ok(Message::Request(Request::Cancel { .. })) => {}
-            _ => queued.push_back(frame),
+fn read_while_busy(inbox: &mut dyn Inbox, queued: &mut VecDeque<Frame>, busy: u32) -> bool {
+    let mut arrived = VecDeque::new();
+    let open = inbox.take_ready(&mut arrived);
+    let mut cancelled = !open;
+    for frame in arrived {
+        match cancel_of(&frame) {
+            Some(seq) => cancelled |= seq == busy,
+            None => queued.push_back(frame),
         }
     }
     cancelled
+}
+
+/// The request a `Cancel` frame cancels; `None` for any other frame, which is not
+/// decoded here (it may be a large `Data` frame).
+fn cancel_of(frame: &Frame) -> Option<u32> {
+    if frame.payload.first() != Some(&Request::Cancel { seq: 0 }.tag()) {
+        return None;
+    }
+    match frame.message() {
+        Ok(Message::Request(Request::Cancel { seq })) => Some(seq),
+        _ => None,
+    }
 }

@@ -116,9 +116,18 @@ mod tests {
         let bufs = vec![SyscallBuf {
             arg_idx: 1,
             data: b"through write(2)".to_vec(),
+            output: false,
         }];
         let resp = syscall("syscall", libc::SYS_write, &[fd, 0, 16], bufs, &[]).unwrap();
-        assert_eq!(ret_of(&resp), 16);
+        // An input-only buffer does not travel back.
+        assert_eq!(
+            resp,
+            Response::Syscall {
+                ret: 16,
+                bufs: vec![],
+                outputs: vec![],
+            }
+        );
         let mut got = [0u8; 16];
         ours.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"through write(2)");
@@ -132,6 +141,7 @@ mod tests {
         let bufs = vec![SyscallBuf {
             arg_idx: 1,
             data: vec![b'-'; 5],
+            output: true,
         }];
         let resp = syscall("syscall", libc::SYS_read, &[fd, 0, 5], bufs, &[]).unwrap();
         assert_eq!(
@@ -151,6 +161,7 @@ mod tests {
         let bufs = vec![SyscallBuf {
             arg_idx: 1,
             data: iovec(5),
+            output: true,
         }];
         let resp = syscall(
             "syscall",
@@ -174,6 +185,7 @@ mod tests {
         let bufs = vec![SyscallBuf {
             arg_idx: 1,
             data: iovec(4),
+            output: true,
         }];
         let resp = syscall(
             "syscall",
@@ -197,6 +209,7 @@ mod tests {
         let bufs = vec![SyscallBuf {
             arg_idx: 1,
             data: b"never sent".to_vec(),
+            output: true,
         }];
         let err = syscall(
             "syscall",

@@ -10,12 +10,18 @@ pub mod message;
 mod wire;
 
 pub use error::{errno_name, AgentError, ProtoError};
-pub use frame::{encode_frame, encode_message, Frame, FrameReader, FRAME_HEADER_LEN, MAGIC};
-pub use message::{IoctlPtr, Message, PtrPatch, Request, Response, SyscallBuf, MAX_SYSCALL_ARGS};
+pub use frame::{
+    encode_data_frame, encode_frame, encode_message, encode_request, seal_data_frame, seal_frame,
+    Frame, FrameReader, DATA_FRAME_PREFIX, FRAME_HEADER_LEN, MAGIC,
+};
+pub use message::{
+    op_name_of_tag, IoctlPtr, Message, PtrPatch, Request, Response, SyscallBuf, MAX_SYSCALL_ARGS,
+    TAG_DATA,
+};
 
 /// Protocol version exchanged in `Hello`/`HelloAck`. Bump on any change to the message
 /// encoding; the frame header and the handshake messages never change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame payload accepted by either side. Leaves room around [`MAX_DATA`] for
 /// the message's own fields (tag, lengths, a path).
@@ -24,6 +30,17 @@ pub const MAX_PAYLOAD: u32 = MAX_DATA + 64 * 1024;
 /// Largest user data carried by one message: a file's contents, or a command's
 /// stdout and stderr together.
 pub const MAX_DATA: u32 = 16 * 1024 * 1024;
+
+/// How much data one `Data` message carries at most, as both sides send them: small
+/// enough that the receiver works on one chunk while the next is on the wire and that
+/// other channels' frames pass between chunks, large enough that the per-frame cost
+/// (a header, a wake-up, a write call) stays small.
+pub const DATA_CHUNK: usize = 256 * 1024;
+
+/// `DATA_CHUNK` on the ttyS1 fallback, where a frame takes its length divided by
+/// about 0.3 MB/s to cross: smaller, so the frames of other channels and the agent's
+/// credits are not held back for long behind one chunk.
+pub const UART_DATA_CHUNK: usize = 32 * 1024;
 
 /// The channel of the agent's main process; workers get higher ids.
 pub const MAIN_CHANNEL: u32 = 0;

@@ -13,6 +13,9 @@ pub struct SyscallBuf {
     /// 0-based argument index.
     pub arg_idx: u32,
     pub data: Vec<u8>,
+    /// Return the buffer's contents after the call; an input-only buffer never
+    /// travels back.
+    pub output: bool,
 }
 
 /// A pointer written into a syscall buffer: `data_len` guest bytes (starting with
@@ -50,10 +53,12 @@ pub enum Request {
     ReadFile {
         path: String,
     },
-    /// Create or truncate `path`; `mode` (permission bits) defaults to 0644.
+    /// Create or truncate `path` and write `size` bytes into it, which follow in
+    /// `Data` messages with this request's channel and sequence number; `mode`
+    /// (permission bits) defaults to 0644.
     WriteFile {
         path: String,
-        data: Vec<u8>,
+        size: u64,
         mode: Option<u32>,
     },
     /// The kernel log buffer.
@@ -125,17 +130,19 @@ pub enum Response {
         stdout: Vec<u8>,
         stderr: Vec<u8>,
     },
+    /// A `ReadFile`'s end: the file's contents went before it in `Data` messages
+    /// with the request's channel and sequence number, `size` bytes in all.
     File {
-        data: Vec<u8>,
+        size: u64,
     },
     /// Success without a value (WriteFile, MountVfs, Shutdown, WorkerKill).
     Done,
     Dmesg {
         log: Vec<u8>,
     },
-    /// `ret` is the raw result (negative errno on failure); `bufs` are the argument
-    /// buffers after the call in argument-index order, `outputs` the `output` pointer
-    /// targets in request order.
+    /// `ret` is the raw result (negative errno on failure); `bufs` are the `output`
+    /// argument buffers after the call in argument-index order (for `IoctlBuf`, the
+    /// struct), `outputs` the `output` pointer targets in request order.
     Syscall {
         ret: i64,
         bufs: Vec<Vec<u8>>,
@@ -184,6 +191,12 @@ pub enum Message {
     Credit {
         bytes: u32,
     },
+    /// A piece of the data of the request or answer with the same channel and
+    /// sequence number (a `WriteFile`'s contents, a `ReadFile`'s answer), so large
+    /// transfers move in pipelined chunks with a checksum each.
+    Data {
+        bytes: Vec<u8>,
+    },
     Request(Request),
     Response(Response),
 }
@@ -191,25 +204,37 @@ pub enum Message {
 const TAG_HELLO: u8 = 0x01;
 const TAG_HELLO_ACK: u8 = 0x02;
 const TAG_CREDIT: u8 = 0x03;
+/// The tag of [`Message::Data`].
+pub const TAG_DATA: u8 = 0x04;
 
 impl Message {
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_after(Vec::new())
+    }
+
+    /// Appends the encoding to `out` (e.g. after a frame header still to be filled),
+    /// so a large message is written once.
+    pub fn encode_after(&self, out: Vec<u8>) -> Vec<u8> {
         let mut w;
         match self {
             Message::Hello { version } => {
-                w = Writer::new(TAG_HELLO);
+                w = Writer::after(out, TAG_HELLO);
                 w.u32(*version);
             }
             Message::HelloAck { version } => {
-                w = Writer::new(TAG_HELLO_ACK);
+                w = Writer::after(out, TAG_HELLO_ACK);
                 w.u32(*version);
             }
             Message::Credit { bytes } => {
-                w = Writer::new(TAG_CREDIT);
+                w = Writer::after(out, TAG_CREDIT);
                 w.u32(*bytes);
             }
-            Message::Request(req) => w = req.encode(),
-            Message::Response(resp) => w = resp.encode(),
+            Message::Data { bytes } => {
+                w = Writer::after(out, TAG_DATA);
+                w.bytes(bytes);
+            }
+            Message::Request(req) => w = req.encode(out),
+            Message::Response(resp) => w = resp.encode(out),
         }
         w.out
     }
@@ -227,6 +252,9 @@ impl Message {
             TAG_CREDIT => Message::Credit {
                 bytes: r.u32("bytes")?,
             },
+            TAG_DATA => Message::Data {
+                bytes: r.bytes("data")?,
+            },
             0x10..=0x3f => Message::Request(Request::decode(tag, &mut r)?),
             0x40..=0x7f => Message::Response(Response::decode(tag, &mut r)?),
             tag => {
@@ -241,62 +269,97 @@ impl Message {
     }
 }
 
+/// The name of the operation a request tag stands for (`None` for any other tag),
+/// for routing and error messages without decoding the request.
+pub fn op_name_of_tag(tag: u8) -> Option<&'static str> {
+    Some(match tag {
+        0x10 => "exec",
+        0x11 => "read_file",
+        0x12 => "write_file",
+        0x13 => "dmesg",
+        0x14 => "mount_vfs",
+        0x15 => "shutdown",
+        0x16 => "syscall",
+        0x17 => "ioctl",
+        0x18 => "ioctl_buf",
+        0x19 => "background",
+        0x1a => "job_wait",
+        0x1b => "job_kill",
+        0x1c => "spawn",
+        0x1d => "worker_kill",
+        0x1e => "quiesce",
+        0x1f => "ping",
+        0x20 => "cancel",
+        _ => return None,
+    })
+}
+
 impl Request {
-    /// The operation's name, for error messages.
-    pub fn op_name(&self) -> &'static str {
+    /// The request's tag on the wire (its first payload byte).
+    pub fn tag(&self) -> u8 {
         match self {
-            Request::Exec { .. } => "exec",
-            Request::ReadFile { .. } => "read_file",
-            Request::WriteFile { .. } => "write_file",
-            Request::Dmesg => "dmesg",
-            Request::MountVfs => "mount_vfs",
-            Request::Shutdown => "shutdown",
-            Request::Syscall { .. } => "syscall",
-            Request::Ioctl { .. } => "ioctl",
-            Request::IoctlBuf { .. } => "ioctl_buf",
-            Request::Background { .. } => "background",
-            Request::JobWait { .. } => "job_wait",
-            Request::JobKill { .. } => "job_kill",
-            Request::Spawn { .. } => "spawn",
-            Request::WorkerKill { .. } => "worker_kill",
-            Request::Quiesce => "quiesce",
-            Request::Ping => "ping",
-            Request::Cancel { .. } => "cancel",
+            Request::Exec { .. } => 0x10,
+            Request::ReadFile { .. } => 0x11,
+            Request::WriteFile { .. } => 0x12,
+            Request::Dmesg => 0x13,
+            Request::MountVfs => 0x14,
+            Request::Shutdown => 0x15,
+            Request::Syscall { .. } => 0x16,
+            Request::Ioctl { .. } => 0x17,
+            Request::IoctlBuf { .. } => 0x18,
+            Request::Background { .. } => 0x19,
+            Request::JobWait { .. } => 0x1a,
+            Request::JobKill { .. } => 0x1b,
+            Request::Spawn { .. } => 0x1c,
+            Request::WorkerKill { .. } => 0x1d,
+            Request::Quiesce => 0x1e,
+            Request::Ping => 0x1f,
+            Request::Cancel { .. } => 0x20,
         }
     }
 
-    fn encode(&self) -> Writer {
+    /// The operation's name, for error messages.
+    pub fn op_name(&self) -> &'static str {
+        op_name_of_tag(self.tag()).unwrap_or("request")
+    }
+
+    /// Appends the request's encoding to `out` (see [`Message::encode_after`]).
+    pub fn encode_after(&self, out: Vec<u8>) -> Vec<u8> {
+        self.encode(out).out
+    }
+
+    fn encode(&self, out: Vec<u8>) -> Writer {
         let mut w;
         match self {
             Request::Exec { cmd, timeout_ms } => {
-                w = Writer::new(0x10);
+                w = Writer::after(out, 0x10);
                 w.str(cmd).u64(*timeout_ms);
             }
             Request::ReadFile { path } => {
-                w = Writer::new(0x11);
+                w = Writer::after(out, 0x11);
                 w.str(path);
             }
-            Request::WriteFile { path, data, mode } => {
-                w = Writer::new(0x12);
-                w.str(path).bytes(data).opt_u32(*mode);
+            Request::WriteFile { path, size, mode } => {
+                w = Writer::after(out, 0x12);
+                w.str(path).u64(*size).opt_u32(*mode);
             }
-            Request::Dmesg => w = Writer::new(0x13),
-            Request::MountVfs => w = Writer::new(0x14),
-            Request::Shutdown => w = Writer::new(0x15),
+            Request::Dmesg => w = Writer::after(out, 0x13),
+            Request::MountVfs => w = Writer::after(out, 0x14),
+            Request::Shutdown => w = Writer::after(out, 0x15),
             Request::Syscall {
                 nr,
                 args,
                 bufs,
                 ptrs,
             } => {
-                w = Writer::new(0x16);
+                w = Writer::after(out, 0x16);
                 w.i64(*nr).len(args.len());
                 for a in args {
                     w.u64(*a);
                 }
                 w.len(bufs.len());
                 for b in bufs {
-                    w.u32(b.arg_idx).bytes(&b.data);
+                    w.u32(b.arg_idx).bytes(&b.data).bool(b.output);
                 }
                 w.len(ptrs.len());
                 for p in ptrs {
@@ -308,11 +371,11 @@ impl Request {
                 }
             }
             Request::Ioctl { fd, cmd, data } => {
-                w = Writer::new(0x17);
+                w = Writer::after(out, 0x17);
                 w.i32(*fd).u64(*cmd).opt_bytes(data.as_deref());
             }
             Request::IoctlBuf { fd, cmd, arg, ptrs } => {
-                w = Writer::new(0x18);
+                w = Writer::after(out, 0x18);
                 w.i32(*fd).u64(*cmd).bytes(arg).len(ptrs.len());
                 for p in ptrs {
                     w.u64(p.ptr_offset)
@@ -322,29 +385,29 @@ impl Request {
                 }
             }
             Request::Background { cmd } => {
-                w = Writer::new(0x19);
+                w = Writer::after(out, 0x19);
                 w.str(cmd);
             }
             Request::JobWait { id, timeout_ms } => {
-                w = Writer::new(0x1a);
+                w = Writer::after(out, 0x1a);
                 w.u64(*id).u64(*timeout_ms);
             }
             Request::JobKill { id } => {
-                w = Writer::new(0x1b);
+                w = Writer::after(out, 0x1b);
                 w.u64(*id);
             }
             Request::Spawn { thread } => {
-                w = Writer::new(0x1c);
+                w = Writer::after(out, 0x1c);
                 w.bool(*thread);
             }
             Request::WorkerKill { channel } => {
-                w = Writer::new(0x1d);
+                w = Writer::after(out, 0x1d);
                 w.u32(*channel);
             }
-            Request::Quiesce => w = Writer::new(0x1e),
-            Request::Ping => w = Writer::new(0x1f),
+            Request::Quiesce => w = Writer::after(out, 0x1e),
+            Request::Ping => w = Writer::after(out, 0x1f),
             Request::Cancel { seq } => {
-                w = Writer::new(0x20);
+                w = Writer::after(out, 0x20);
                 w.u32(*seq);
             }
         }
@@ -362,7 +425,7 @@ impl Request {
             },
             0x12 => Request::WriteFile {
                 path: r.string("path")?,
-                data: r.bytes("file data")?,
+                size: r.u64("file size")?,
                 mode: r.opt_u32("mode")?,
             },
             0x13 => Request::Dmesg,
@@ -375,12 +438,13 @@ impl Request {
                 for _ in 0..n {
                     args.push(r.u64("syscall arg")?);
                 }
-                let n = r.count("syscall buffers", 8)?;
+                let n = r.count("syscall buffers", 9)?;
                 let mut bufs = Vec::with_capacity(n);
                 for _ in 0..n {
                     bufs.push(SyscallBuf {
                         arg_idx: r.u32("buffer index")?,
                         data: r.bytes("buffer data")?,
+                        output: r.bool("buffer output flag")?,
                     });
                 }
                 let n = r.count("pointer patches", 25)?;
@@ -454,7 +518,7 @@ impl Request {
 }
 
 impl Response {
-    fn encode(&self) -> Writer {
+    fn encode(&self, out: Vec<u8>) -> Writer {
         let mut w;
         match self {
             Response::Exec {
@@ -462,20 +526,20 @@ impl Response {
                 stdout,
                 stderr,
             } => {
-                w = Writer::new(0x40);
+                w = Writer::after(out, 0x40);
                 w.i32(*exit_code).bytes(stdout).bytes(stderr);
             }
-            Response::File { data } => {
-                w = Writer::new(0x41);
-                w.bytes(data);
+            Response::File { size } => {
+                w = Writer::after(out, 0x41);
+                w.u64(*size);
             }
-            Response::Done => w = Writer::new(0x42),
+            Response::Done => w = Writer::after(out, 0x42),
             Response::Dmesg { log } => {
-                w = Writer::new(0x43);
+                w = Writer::after(out, 0x43);
                 w.bytes(log);
             }
             Response::Syscall { ret, bufs, outputs } => {
-                w = Writer::new(0x44);
+                w = Writer::after(out, 0x44);
                 w.i64(*ret).len(bufs.len());
                 for b in bufs {
                     w.bytes(b);
@@ -486,11 +550,11 @@ impl Response {
                 }
             }
             Response::Ioctl { ret, data } => {
-                w = Writer::new(0x45);
+                w = Writer::after(out, 0x45);
                 w.i64(*ret).opt_bytes(data.as_deref());
             }
             Response::Job { id, pid } => {
-                w = Writer::new(0x46);
+                w = Writer::after(out, 0x46);
                 w.u64(*id).i32(*pid);
             }
             Response::JobStatus {
@@ -499,17 +563,17 @@ impl Response {
                 stdout,
                 stderr,
             } => {
-                w = Writer::new(0x47);
+                w = Writer::after(out, 0x47);
                 w.bool(*running).i32(*exit_code).bytes(stdout).bytes(stderr);
             }
             Response::Spawned { channel, pid } => {
-                w = Writer::new(0x48);
+                w = Writer::after(out, 0x48);
                 w.u32(*channel).i32(*pid);
             }
-            Response::Quiesced => w = Writer::new(0x49),
-            Response::Pong => w = Writer::new(0x4a),
+            Response::Quiesced => w = Writer::after(out, 0x49),
+            Response::Pong => w = Writer::after(out, 0x4a),
             Response::Error(e) => {
-                w = Writer::new(0x7f);
+                w = Writer::after(out, 0x7f);
                 e.encode(&mut w);
             }
         }
@@ -524,7 +588,7 @@ impl Response {
                 stderr: r.bytes("stderr")?,
             },
             0x41 => Response::File {
-                data: r.bytes("file data")?,
+                size: r.u64("file size")?,
             },
             0x42 => Response::Done,
             0x43 => Response::Dmesg {
@@ -590,12 +654,12 @@ mod tests {
             },
             Request::WriteFile {
                 path: "/tmp/x".into(),
-                data: vec![0, 1, 255, b'\n'],
+                size: 16 << 20,
                 mode: Some(0o755),
             },
             Request::WriteFile {
                 path: "/tmp/y".into(),
-                data: vec![],
+                size: 0,
                 mode: None,
             },
             Request::Dmesg,
@@ -614,10 +678,12 @@ mod tests {
                     SyscallBuf {
                         arg_idx: 1,
                         data: b"abc".to_vec(),
+                        output: true,
                     },
                     SyscallBuf {
                         arg_idx: 3,
                         data: vec![],
+                        output: false,
                     },
                 ],
                 ptrs: vec![PtrPatch {
@@ -708,9 +774,7 @@ mod tests {
                 stdout: b"out".to_vec(),
                 stderr: vec![0xff, 0],
             },
-            Response::File {
-                data: (0..=255).collect(),
-            },
+            Response::File { size: 1 << 40 },
             Response::Done,
             Response::Dmesg {
                 log: b"[0.0] Linux\n".to_vec(),
@@ -746,6 +810,11 @@ mod tests {
         let mut msgs = vec![
             Message::Hello { version: 1 },
             Message::HelloAck { version: u32::MAX },
+            Message::Credit { bytes: 4096 },
+            Message::Data {
+                bytes: (0..=255).collect(),
+            },
+            Message::Data { bytes: vec![] },
         ];
         msgs.extend(reqs.into_iter().map(Message::Request));
         msgs.extend(resps.into_iter().map(Message::Response));
@@ -758,6 +827,18 @@ mod tests {
             let bytes = m.encode();
             assert_eq!(Message::decode(&bytes).unwrap(), m, "bytes {bytes:02x?}");
         }
+    }
+
+    #[test]
+    fn every_request_starts_with_its_tag_and_is_named_by_it() {
+        for m in all_messages() {
+            if let Message::Request(req) = &m {
+                assert_eq!(m.encode()[0], req.tag(), "{m:?}");
+                assert_eq!(op_name_of_tag(req.tag()), Some(req.op_name()));
+            }
+        }
+        assert_eq!(op_name_of_tag(0x21), None);
+        assert_eq!(op_name_of_tag(TAG_DATA), None);
     }
 
     #[test]

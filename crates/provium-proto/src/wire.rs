@@ -8,8 +8,10 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(tag: u8) -> Self {
-        Writer { out: vec![tag] }
+    /// A writer appending to `out` (which may hold a frame header still to be filled).
+    pub(crate) fn after(mut out: Vec<u8>, tag: u8) -> Self {
+        out.push(tag);
+        Writer { out }
     }
 
     pub(crate) fn u8(&mut self, v: u8) -> &mut Self {

@@ -1,5 +1,6 @@
 //! `scripts/bench vm`: cold boot against a bare QEMU boot, agent round trips, and
-//! 8 MiB file transfers over virtio-serial and over the ttyS1 fallback.
+//! file transfers over virtio-serial and over the ttyS1 fallback against the raw
+//! devices (`common/raw.rs`).
 //!
 //! Run with `cargo bench -p provium --bench vm`; `BENCH_RUNS` sets the run count.
 
@@ -17,7 +18,7 @@ use provium::shim::{write_concatenated, CpioWriter};
 use provium::vm::{AgentChannel, Vm};
 use provium_proto::{Request, Response, MAIN_CHANNEL};
 
-use common::{batch_mean, median, ratio, ratio_of, report, show, timed, Bench};
+use common::{batch_mean, median, ratio, raw, report, show, timed, Bench};
 
 /// What the bare guest's `/init` prints before powering off.
 const INIT_MARKER: &str = "BARE-INIT-RUNNING";
@@ -25,12 +26,24 @@ const INIT_MARKER: &str = "BARE-INIT-RUNNING";
 const BARE_BOOT_DEADLINE: Duration = Duration::from_secs(120);
 /// Round trips per timed batch.
 const BATCH: u32 = 20;
-const TRANSFER_BYTES: usize = 8 << 20;
+/// A file transfer over virtio-serial: the 16 MiB cap.
+const VIRTIO_BYTES: usize = 16 << 20;
+/// A file transfer over the ttyS1 fallback.
+const UART_BYTES: usize = 8 << 20;
+/// The raw baselines: the bench port and tmpfs (long enough to reach a steady
+/// rate), and the bare UART (0.5 MB/s: 4 MiB take several seconds).
+const RAW_PORT_BYTES: usize = 128 << 20;
+const RAW_UART_BYTES: usize = 4 << 20;
 /// The guest's per-UART counters: bytes received, and overruns when non-zero.
 const SERIAL_COUNTERS: &str = "/proc/tty/driver/serial";
 /// SPEC targets.
 const BOOT_RATIO_TARGET: f64 = 1.2;
 const EXEC_TARGET: Duration = Duration::from_millis(20);
+/// Transfer targets, as fractions of the raw baseline's rate: virtio-serial reads
+/// against the raw port, writes against the slower of the raw port and tmpfs; the
+/// fallback against the bare UART in the same direction.
+const VIRTIO_TARGET: f64 = 0.5;
+const UART_TARGET: f64 = 0.6;
 
 type Section = fn(&Bench) -> Result<()>;
 
@@ -244,21 +257,51 @@ fn round_trips(bench: &Bench) -> Result<()> {
 }
 
 /// A pattern no layer could shortcut (not all zeros) and that shows misplaced bytes.
-fn payload() -> Vec<u8> {
-    (0..TRANSFER_BYTES)
+fn payload(bytes: usize) -> Vec<u8> {
+    (0..bytes)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
         .collect()
 }
 
-fn mb_per_s(d: Duration) -> f64 {
-    TRANSFER_BYTES as f64 / d.as_secs_f64() / 1e6
+/// Megabytes (10^6 bytes) per second for `bytes` moved in the median of `samples`.
+fn mb_per_s(bytes: usize, samples: &[Duration]) -> f64 {
+    bytes as f64 / median(samples).as_secs_f64() / 1e6
 }
 
-fn rate(samples: &[Duration]) -> String {
-    format!("{:.2} MB/s", mb_per_s(median(samples)))
+/// A measured transfer: its size and the time of each run.
+struct Rate<'a> {
+    bytes: usize,
+    samples: &'a [Duration],
 }
 
-/// Writes then reads back the payload; checks the bytes survived.
+impl Rate<'_> {
+    fn mb_s(&self) -> f64 {
+        mb_per_s(self.bytes, self.samples)
+    }
+}
+
+/// One report line for a transfer: its rate, and with a baseline, the ratio of the
+/// rates and whether it reaches `target` (a fraction of the baseline's rate).
+fn report_rate(label: &str, rate: &Rate<'_>, baseline: Option<(&str, f64, f64)>) {
+    let extra = match baseline {
+        None => format!("{:.2} MB/s", rate.mb_s()),
+        Some((name, base_mb_s, target)) => {
+            let r = rate.mb_s() / base_mb_s;
+            let verdict = if r >= target {
+                format!("target >= {target}: met")
+            } else {
+                format!("target >= {target}: MISSED")
+            };
+            format!(
+                "{:.2} MB/s = {r:.2} x {name} ({base_mb_s:.2} MB/s); {verdict}",
+                rate.mb_s()
+            )
+        }
+    };
+    report(label, rate.samples, &extra);
+}
+
+/// Writes then reads back `data`; checks the bytes survived.
 fn transfer(vm: &Vm, data: &[u8]) -> Result<(Duration, Duration)> {
     let path = "/tmp/bench.bin";
     let (wrote, ()) = timed(|| Ok(vm.write_file(path, data)?))?;
@@ -274,13 +317,33 @@ fn transfer(vm: &Vm, data: &[u8]) -> Result<(Duration, Duration)> {
     Ok((wrote, read))
 }
 
-/// 8 MiB each way over virtio-serial and over ttyS1 (virtio_console blacklisted, the
-/// way `tests/vm_boot.rs` forces the fallback), interleaved run by run. A failed
-/// fallback transfer ends the fallback runs only; the figures are printed, then its
-/// evidence, and the bench fails.
+/// The samples of one figure, by name.
+#[derive(Default)]
+struct Samples {
+    port_out: Vec<Duration>,
+    port_in: Vec<Duration>,
+    tmpfs: Vec<Duration>,
+    v_write: Vec<Duration>,
+    v_read: Vec<Duration>,
+    uart_out: Vec<Duration>,
+    uart_in: Vec<Duration>,
+    u_write: Vec<Duration>,
+    u_read: Vec<Duration>,
+    u_exec: Vec<Duration>,
+}
+
+/// File transfers against the raw devices, interleaved run by run on two VMs: one
+/// whose agent serves on virtio-serial (it also carries the raw baselines: a second,
+/// hot-plugged virtio-serial port, `dd` into tmpfs, and its idle ttyS1), one forced
+/// onto the ttyS1 fallback (virtio_console blacklisted, as `tests/vm_boot.rs` does).
+/// A failed fallback transfer ends the fallback runs only; the figures are printed,
+/// then its evidence, and the bench fails.
 fn transfers(bench: &Bench) -> Result<()> {
-    let data = payload();
-    let virtio = bench.boot("xfer-virtio", bench.profile(""), AgentChannel::VirtioSerial)?;
+    let data = payload(VIRTIO_BYTES);
+    let uart_data = &data[..UART_BYTES];
+    let mut virtio = bench.boot("xfer-virtio", bench.profile(""), AgentChannel::VirtioSerial)?;
+    let mut port = raw::BenchPort::attach(&mut virtio, bench.work.path())?;
+    let mut raw_uart = raw::RawUart::attach(&virtio)?;
     let uart = bench.boot(
         "xfer-uart",
         bench.profile("module_blacklist=virtio_console"),
@@ -291,65 +354,108 @@ fn transfers(bench: &Bench) -> Result<()> {
     uart.exec(&format!(
         "(while sleep 5; do grep '^1:' {SERIAL_COUNTERS} > /dev/console; done) >/dev/null 2>&1 &"
     ))?;
-    let (mut v_write, mut v_read, mut u_write, mut u_read) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut u_exec = Vec::new();
+    let mut s = Samples::default();
     let mut uart_failure = None;
-    for _ in 0..bench.runs {
+    // Each sample also goes to stderr as it is taken: a run takes minutes.
+    let note = |label: &str, bytes: usize, took: Duration| {
+        eprintln!(
+            "  {label}: {} = {:.2} MB/s",
+            show(took),
+            bytes as f64 / took.as_secs_f64() / 1e6
+        );
+        took
+    };
+    for run in 1..=bench.runs {
+        eprintln!("transfers: run {run} of {}", bench.runs);
+        let took = port.guest_to_host(&virtio, RAW_PORT_BYTES)?;
+        s.port_out.push(note("raw port out", RAW_PORT_BYTES, took));
+        let took = port.host_to_guest(&virtio, RAW_PORT_BYTES)?;
+        s.port_in.push(note("raw port in", RAW_PORT_BYTES, took));
+        let took = raw::tmpfs_write(&virtio, RAW_PORT_BYTES)?;
+        s.tmpfs.push(note("tmpfs dd", RAW_PORT_BYTES, took));
         let (w, r) = transfer(&virtio, &data)?;
-        v_write.push(w);
-        v_read.push(r);
+        s.v_write.push(note("write_file", VIRTIO_BYTES, w));
+        s.v_read.push(note("read_file", VIRTIO_BYTES, r));
+        let took = raw_uart.guest_to_host(&virtio, RAW_UART_BYTES)?;
+        s.uart_out.push(note("raw ttyS1 out", RAW_UART_BYTES, took));
+        let took = raw_uart.host_to_guest(&virtio, RAW_UART_BYTES)?;
+        s.uart_in.push(note("raw ttyS1 in", RAW_UART_BYTES, took));
         if uart_failure.is_some() {
             continue;
         }
-        let uart_run =
-            transfer(&uart, &data).and_then(|wr| Ok((wr, batch_mean(BATCH, || exec_true(&uart))?)));
+        let uart_run = transfer(&uart, uart_data)
+            .and_then(|wr| Ok((wr, batch_mean(BATCH, || exec_true(&uart))?)));
         match uart_run {
             Ok(((w, r), e)) => {
-                u_write.push(w);
-                u_read.push(r);
-                u_exec.push(e);
+                s.u_write.push(note("ttyS1 write_file", UART_BYTES, w));
+                s.u_read.push(note("ttyS1 read_file", UART_BYTES, r));
+                s.u_exec.push(e);
             }
             Err(e) => uart_failure = Some(e),
         }
     }
-    println!("8 MiB transfers (MB = 10^6 bytes; time per 8 MiB)");
-    report("write_file over virtio-serial", &v_write, &rate(&v_write));
-    report("read_file over virtio-serial", &v_read, &rate(&v_read));
+    let rate = |bytes, samples| Rate { bytes, samples };
+    let port_out = rate(RAW_PORT_BYTES, &s.port_out);
+    let tmpfs = rate(RAW_PORT_BYTES, &s.tmpfs);
+    println!("raw baselines (MB = 10^6 bytes; the time per transfer)");
+    report_rate(
+        "virtio-serial guest->host: dd 128 MiB, 2nd port",
+        &port_out,
+        None,
+    );
+    report_rate(
+        "virtio-serial host->guest: dd 128 MiB, 2nd port",
+        &rate(RAW_PORT_BYTES, &s.port_in),
+        None,
+    );
+    report_rate("guest dd 128 MiB into tmpfs", &tmpfs, None);
+    let uart_out = rate(RAW_UART_BYTES, &s.uart_out);
+    let uart_in = rate(RAW_UART_BYTES, &s.uart_in);
+    report_rate("ttyS1 guest->host: dd 4 MiB", &uart_out, None);
+    report_rate("ttyS1 host->guest: dd 4 MiB", &uart_in, None);
+    println!("16 MiB transfers over virtio-serial");
+    let write_base = if tmpfs.mb_s() < port_out.mb_s() {
+        ("tmpfs dd", tmpfs.mb_s())
+    } else {
+        ("raw port", port_out.mb_s())
+    };
+    report_rate(
+        "write_file",
+        &rate(VIRTIO_BYTES, &s.v_write),
+        Some((write_base.0, write_base.1, VIRTIO_TARGET)),
+    );
+    report_rate(
+        "read_file",
+        &rate(VIRTIO_BYTES, &s.v_read),
+        Some(("raw port", port_out.mb_s(), VIRTIO_TARGET)),
+    );
     let good = if uart_failure.is_some() {
-        format!(" ({} good runs)", u_write.len())
+        format!(" ({} good runs)", s.u_write.len())
     } else {
         String::new()
     };
-    if !u_write.is_empty() {
-        report(
-            &format!("write_file over ttyS1 (fallback){good}"),
-            &u_write,
-            &format!(
-                "{}; virtio-serial is {:.1}x faster",
-                rate(&u_write),
-                ratio_of(&u_write, &v_write)
-            ),
+    if !s.u_write.is_empty() {
+        println!("8 MiB transfers over the ttyS1 fallback{good}");
+        report_rate(
+            "write_file",
+            &rate(UART_BYTES, &s.u_write),
+            Some(("raw ttyS1 in", uart_in.mb_s(), UART_TARGET)),
+        );
+        report_rate(
+            "read_file",
+            &rate(UART_BYTES, &s.u_read),
+            Some(("raw ttyS1 out", uart_out.mb_s(), UART_TARGET)),
         );
         report(
-            &format!("read_file over ttyS1 (fallback){good}"),
-            &u_read,
-            &format!(
-                "{}; virtio-serial is {:.1}x faster",
-                rate(&u_read),
-                ratio_of(&u_read, &v_read)
-            ),
-        );
-        report(
-            &format!("exec(\"true\") over ttyS1 (mean of {BATCH}){good}"),
-            &u_exec,
+            &format!("exec(\"true\") over ttyS1 (mean of {BATCH})"),
+            &s.u_exec,
             "",
         );
     }
     if let Some(error) = uart_failure {
         println!(
             "  ttyS1 fallback FAILED in run {}: {error:#}",
-            u_write.len() + 1
+            s.u_write.len() + 1
         );
         let console = fs::read_to_string(uart.console_log()).unwrap_or_default();
         for line in console.lines().filter(|l| l.contains("provium-agent")) {
@@ -361,11 +467,13 @@ fn transfers(bench: &Bench) -> Result<()> {
         }
         return Err(error.context("the ttyS1 fallback transfers failed (figures above)"));
     }
-    // The guest's own count of bytes received and lost (overruns) on ttyS1.
-    let serial = uart.exec(&format!("cat {SERIAL_COUNTERS}"))?;
-    for line in String::from_utf8_lossy(&serial.stdout).lines() {
-        if line.starts_with("1:") {
-            println!("  guest ttyS1 counters: {line}");
+    // The guests' own count of bytes received and lost (overruns) on ttyS1.
+    for (which, vm) in [("fallback", &uart), ("raw", &virtio)] {
+        let serial = vm.exec(&format!("cat {SERIAL_COUNTERS}"))?;
+        for line in String::from_utf8_lossy(&serial.stdout).lines() {
+            if line.starts_with("1:") {
+                println!("  guest ttyS1 counters ({which}): {line}");
+            }
         }
     }
     Ok(())

@@ -238,16 +238,48 @@ fn files_round_trip_binary_data() {
     let data: Vec<u8> = (0..=255u8).cycle().take(256 * 1000 + 7).collect();
     let write = Request::WriteFile {
         path: path.clone(),
-        data: data.clone(),
+        size: data.len() as u64,
         mode: Some(0o600),
     };
-    assert_eq!(link.call(0, &write, T).unwrap(), Response::Done);
+    assert_eq!(
+        link.call_with_data(0, &write, &data, T).unwrap(),
+        (Response::Done, vec![])
+    );
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    let (response, back) = link
+        .call_with_data(0, &Request::ReadFile { path }, &[], T)
+        .unwrap();
     assert_eq!(
-        link.call(0, &Request::ReadFile { path }, T).unwrap(),
-        Response::File { data }
+        response,
+        Response::File {
+            size: data.len() as u64
+        }
     );
+    assert!(back == data, "the file read back differs");
+    // An empty file is a request and an answer, with no data between.
+    let empty = agent.path("empty");
+    let write = Request::WriteFile {
+        path: empty.clone(),
+        size: 0,
+        mode: None,
+    };
+    assert_eq!(link.call(0, &write, T).unwrap(), Response::Done);
+    assert_eq!(
+        link.call(0, &Request::ReadFile { path: empty }, T).unwrap(),
+        Response::File { size: 0 }
+    );
+}
+
+/// Sends `data` as a `WriteFile` of `path`'s contents.
+fn write_file(link: &Link, path: &str, data: &[u8]) -> Result<Response, LinkError> {
+    let write = Request::WriteFile {
+        path: path.to_string(),
+        size: data.len() as u64,
+        mode: None,
+    };
+    link.call_with_data(0, &write, data, T).map(|(r, _)| r)
 }
 
 #[test]
@@ -256,39 +288,39 @@ fn sixteen_mib_is_the_file_limit() {
     let link = agent.link();
     let path = agent.path("big");
     let data = vec![0x5au8; MAX_DATA as usize];
-    let write = Request::WriteFile {
-        path: path.clone(),
-        data,
-        mode: None,
-    };
-    assert_eq!(link.call(0, &write, T).unwrap(), Response::Done);
+    assert_eq!(write_file(&link, &path, &data).unwrap(), Response::Done);
     match link
-        .call(0, &Request::ReadFile { path: path.clone() }, T)
+        .call_with_data(0, &Request::ReadFile { path: path.clone() }, &[], T)
         .unwrap()
     {
-        Response::File { data } => assert_eq!(data.len(), MAX_DATA as usize),
+        (Response::File { size }, back) => {
+            assert_eq!(size, u64::from(MAX_DATA));
+            assert!(back == data, "the file read back differs");
+        }
         other => panic!("{other:?}"),
     }
-    let too_big = Request::WriteFile {
-        path: path.clone(),
-        data: vec![0; MAX_DATA as usize + 1],
-        mode: None,
-    };
-    let err = agent_error(link.call(0, &too_big, T));
+    // Refused before anything is opened; the host stops sending at the answer.
+    let err = agent_error(write_file(&link, &path, &vec![0; MAX_DATA as usize + 1]));
     assert!(
         matches!(&err, AgentError::FileTooLarge { path: p, .. } if *p == path),
         "{err}"
     );
     let grown = agent.path("grown");
     std::fs::write(&grown, vec![1u8; MAX_DATA as usize + 1]).unwrap();
-    let err = agent_error(link.call(
-        0,
-        &Request::ReadFile {
-            path: grown.clone(),
-        },
-        T,
-    ));
+    let err = agent_error(
+        link.call_with_data(
+            0,
+            &Request::ReadFile {
+                path: grown.clone(),
+            },
+            &[],
+            T,
+        )
+        .map(|(r, _)| r),
+    );
     assert!(err.to_string().contains(&grown), "{err}");
+    // The link goes on after the abandoned stream.
+    assert_eq!(link.call(0, &Request::Ping, T).unwrap(), Response::Pong);
 }
 
 #[test]
@@ -299,15 +331,7 @@ fn missing_path_names_path_and_errno() {
     let err = agent_error(link.call(0, &Request::ReadFile { path: path.clone() }, T));
     assert_eq!(err.errno(), Some(libc::ENOENT));
     assert_eq!(err.to_string(), format!("open {path}: ENOENT (errno 2)"));
-    let err = agent_error(link.call(
-        0,
-        &Request::WriteFile {
-            path: path.clone(),
-            data: b"x".to_vec(),
-            mode: None,
-        },
-        T,
-    ));
+    let err = agent_error(write_file(&link, &path, b"x"));
     assert!(
         err.to_string().contains(&path) && err.errno() == Some(libc::ENOENT),
         "{err}"
@@ -361,6 +385,7 @@ fn syscall_buffers_and_pointer_patching() {
                 bufs: vec![SyscallBuf {
                     arg_idx: 0,
                     data: vec![0; 390],
+                    output: true,
                 }],
                 ptrs: vec![],
             },
@@ -386,11 +411,13 @@ fn syscall_buffers_and_pointer_patching() {
         bufs: vec![SyscallBuf {
             arg_idx: 0,
             data: c_path,
+            output: false,
         }],
         ptrs: vec![],
     };
     let fd = match link.call(0, &open, T).unwrap() {
-        Response::Syscall { ret, .. } => ret,
+        // An input-only buffer does not come back.
+        Response::Syscall { ret, bufs, .. } if bufs.is_empty() => ret,
         other => panic!("{other:?}"),
     };
     assert!(fd >= 0, "open failed: {fd}");
@@ -402,6 +429,7 @@ fn syscall_buffers_and_pointer_patching() {
         bufs: vec![SyscallBuf {
             arg_idx: 1,
             data: iovec,
+            output: true,
         }],
         ptrs: vec![PtrPatch {
             buf_idx: 1,
@@ -488,6 +516,7 @@ fn syscall_request_errors_are_clear() {
     let buf = |arg_idx, len| SyscallBuf {
         arg_idx,
         data: vec![0; len],
+        output: false,
     };
     let ptr = |buf_idx, ptr_offset| PtrPatch {
         buf_idx,
@@ -660,6 +689,131 @@ fn thread_workers_have_independent_credentials() {
     );
     let err = agent_error(link.call(channel, &Request::Ping, T));
     assert!(matches!(err, AgentError::WorkerGone { .. }), "{err}");
+}
+
+fn syscall_request(nr: i64, args: &[u64]) -> Request {
+    Request::Syscall {
+        nr,
+        args: args.to_vec(),
+        bufs: vec![],
+        ptrs: vec![],
+    }
+}
+
+/// A thread worker's death is seen within a second, whether the thread ends during
+/// a request or between two: its call fails with the reason, later calls at once.
+fn assert_reported_gone(link: &Link, channel: u32, tid: i32, call: &Request) {
+    let start = Instant::now();
+    let err = agent_error(link.call(channel, call, T));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(&err, AgentError::WorkerGone { reason, .. } if reason.contains(&format!("thread {tid} ended"))),
+        "{err}"
+    );
+    let start = Instant::now();
+    let err = agent_error(link.call(channel, &Request::Ping, T));
+    assert!(matches!(err, AgentError::WorkerGone { .. }), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(1));
+    // The agent and its other channels go on.
+    assert_eq!(link.call(0, &Request::Ping, T).unwrap(), Response::Pong);
+}
+
+#[test]
+fn a_thread_worker_that_exits_is_reported_gone_at_once() {
+    let agent = Agent::start();
+    let link = agent.link();
+    let (channel, tid) = spawn(&link, true);
+    let (other, _) = spawn(&link, true);
+    // exit(2) ends the calling thread only.
+    assert_reported_gone(&link, channel, tid, &syscall_request(libc::SYS_exit, &[0]));
+    assert_eq!(link.call(other, &Request::Ping, T).unwrap(), Response::Pong);
+    assert_eq!(exec(&link, 0, "echo alive").1, "alive\n");
+}
+
+#[test]
+fn a_thread_worker_killed_by_seccomp_is_reported_gone_at_once() {
+    let agent = Agent::start();
+    let link = agent.link();
+    let (channel, tid) = spawn(&link, true);
+    // prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT): from then on any syscall but read,
+    // write, exit and sigreturn kills the thread; its answer still goes out.
+    let strict = syscall_request(libc::SYS_prctl, &[22, 1]);
+    match link.call(channel, &strict, T).unwrap() {
+        Response::Syscall { ret, .. } => assert_eq!(ret, 0),
+        other => panic!("{other:?}"),
+    }
+    assert_reported_gone(&link, channel, tid, &syscall_request(libc::SYS_getpid, &[]));
+}
+
+#[test]
+fn a_busy_main_channel_does_not_hold_up_the_workers() {
+    let agent = Agent::start();
+    let link = agent.link();
+    let (process, _) = spawn(&link, false);
+    let (thread, _) = spawn(&link, true);
+    let busy = {
+        let link = link.clone();
+        std::thread::spawn(move || exec(&link, 0, "sleep 2; echo done"))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    for channel in [process, thread] {
+        assert_eq!(
+            link.call(channel, &Request::Ping, T).unwrap(),
+            Response::Pong
+        );
+        assert_eq!(exec(&link, channel, "echo meanwhile").1, "meanwhile\n");
+    }
+    // A file moves while the main channel's command runs.
+    let path = agent.path("meanwhile");
+    let data = vec![3u8; 1 << 20];
+    let write = Request::WriteFile {
+        path: path.clone(),
+        size: data.len() as u64,
+        mode: None,
+    };
+    link.call_with_data(thread, &write, &data, T).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "the workers waited for the main channel: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(busy.join().unwrap().1, "done\n");
+    assert_eq!(std::fs::read(path).unwrap(), data);
+}
+
+#[test]
+fn a_cancelled_command_is_killed_and_the_channel_serves_the_next_call() {
+    let agent = Agent::start();
+    let link = agent.link();
+    let (thread, _) = spawn(&link, true);
+    let (process, _) = spawn(&link, false);
+    for channel in [0, thread, process] {
+        let err = link
+            .call(
+                channel,
+                &Request::Exec {
+                    cmd: "sleep 30".into(),
+                    timeout_ms: 0,
+                },
+                Duration::from_millis(500),
+            )
+            .unwrap_err();
+        assert!(matches!(err, LinkError::Timeout { .. }), "{err}");
+        // The host sent a cancel on giving up: the next call is not queued behind
+        // the 30 s command.
+        let start = Instant::now();
+        assert_eq!(exec(&link, channel, "echo next").1, "next\n");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "channel {channel}: {:?}",
+            start.elapsed()
+        );
+    }
 }
 
 #[test]

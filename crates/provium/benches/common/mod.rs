@@ -8,6 +8,8 @@
 // Each bench target compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

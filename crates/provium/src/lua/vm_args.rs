@@ -253,6 +253,7 @@ pub fn buffer_index(
 }
 
 /// The `{[idx] = data}` table of `syscall_bufs`/`syscall_ptr`, in argument order.
+/// Each buffer comes back after the call: these methods return them all.
 pub fn buffers(op: &'static str, bufs: &Table, args: usize) -> Result<Vec<SyscallBuf>, ArgError> {
     let mut out = Vec::new();
     for pair in bufs.clone().pairs::<Value, Value>() {
@@ -266,6 +267,7 @@ pub fn buffers(op: &'static str, bufs: &Table, args: usize) -> Result<Vec<Syscal
         out.push(SyscallBuf {
             arg_idx,
             data: bytes(op, &data, &format!("buffer {arg_idx}"))?,
+            output: true,
         });
     }
     out.sort_by_key(|b| b.arg_idx);
@@ -503,6 +505,7 @@ mod tests {
         let bufs = vec![SyscallBuf {
             arg_idx: 1,
             data: vec![0; 32],
+            output: true,
         }];
         let t = table_of(
             &lua,

@@ -60,7 +60,12 @@ fn syscall_buf(lua: &Lua, this: &LuaVm, a: &[Value]) -> mlua::Result<MultiValue>
         Ok(SyscallCall {
             nr,
             args: args::syscall_args(OP, rest, &[arg_idx])?,
-            bufs: vec![provium_proto::SyscallBuf { arg_idx, data }],
+            // `syscall_buf` returns the result only: the buffer does not travel back.
+            bufs: vec![provium_proto::SyscallBuf {
+                arg_idx,
+                data,
+                output: false,
+            }],
             ptrs: Vec::new(),
         })
     })()

@@ -273,6 +273,19 @@ impl AgentClient {
         self.call_within(request, self.op_timeout)
     }
 
+    /// Sends `request` followed by `upload` in `Data` frames, and waits up to the
+    /// operation deadline for its answer and the data the agent sends before it.
+    pub fn call_with_data(
+        &self,
+        request: &Request,
+        upload: &[u8],
+    ) -> Result<(Response, Vec<u8>), ClientError> {
+        let op = request.op_name();
+        self.link
+            .call_with_data(self.channel, request, upload, self.op_timeout)
+            .map_err(|error| self.explain(op, error))
+    }
+
     /// Sends `request` and waits up to `timeout` for its answer.
     pub fn call_within(
         &self,
@@ -405,18 +418,28 @@ impl AgentClient {
         }
     }
 
+    /// The file's contents (at most 16 MiB), which the agent streams in chunks.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         self.guest_path("read_file", path)?;
         let request = Request::ReadFile {
             path: path.to_string(),
         };
-        match self.call(&request)? {
-            Response::File { data } => Ok(data),
-            other => Err(self.unexpected("read_file", other)),
+        match self.call_with_data(&request, &[])? {
+            (Response::File { size }, data) if size == data.len() as u64 => Ok(data),
+            (Response::File { size }, data) => Err(ClientError::Unexpected {
+                subject: self.subject.to_string(),
+                op: "read_file",
+                got: format!(
+                    "{} bytes of {path} where the agent counted {size}",
+                    data.len()
+                ),
+            }),
+            (other, _) => Err(self.unexpected("read_file", other)),
         }
     }
 
-    /// Creates or truncates `path` (mode 0644) with `data` (at most 16 MiB).
+    /// Creates or truncates `path` (mode 0644) with `data` (at most 16 MiB), streamed
+    /// to the agent in chunks.
     pub fn write_file(&self, path: &str, data: &[u8]) -> Result<(), ClientError> {
         self.guest_path("write_file", path)?;
         if data.len() > MAX_DATA as usize {
@@ -428,12 +451,12 @@ impl AgentClient {
         }
         let request = Request::WriteFile {
             path: path.to_string(),
-            data: data.to_vec(),
+            size: data.len() as u64,
             mode: None,
         };
-        match self.call(&request)? {
-            Response::Done => Ok(()),
-            other => Err(self.unexpected("write_file", other)),
+        match self.call_with_data(&request, data)? {
+            (Response::Done, _) => Ok(()),
+            (other, _) => Err(self.unexpected("write_file", other)),
         }
     }
 

@@ -7,7 +7,7 @@
 //! ends it at once.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,8 +16,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use provium_proto::{
-    encode_message, AgentError, FrameReader, Message, ProtoError, Request, Response,
-    PROTOCOL_VERSION,
+    encode_message, encode_request, seal_data_frame, AgentError, Frame, FrameReader, Message,
+    ProtoError, Request, Response, DATA_CHUNK, DATA_FRAME_PREFIX, MAX_DATA, PROTOCOL_VERSION,
+    TAG_DATA, UART_DATA_CHUNK,
 };
 
 use crate::cancel::{self, Stop};
@@ -128,7 +129,18 @@ impl LinkError {
     }
 }
 
-type Delivery = Result<Message, ProtoError>;
+/// What the reader hands a waiting call: a piece of its data (a `Data` frame, kept
+/// whole so its bytes are copied once, into the result), or the message that ends it.
+enum Delivery {
+    Data(Frame),
+    End(Result<Message, ProtoError>),
+}
+
+/// A delivery after its checks: the piece's bytes, or the ending message.
+enum Delivered {
+    Data(Frame),
+    End(Message),
+}
 
 struct Pending {
     seq: u32,
@@ -277,6 +289,29 @@ impl Link {
         req: &Request,
         timeout: Duration,
     ) -> Result<Response, LinkError> {
+        let (response, data) = self.call_with_data(channel, req, &[], timeout)?;
+        if !data.is_empty() {
+            return Err(LinkError::Unexpected {
+                vm: self.inner.vm.clone(),
+                op: req.op_name(),
+                channel,
+                got: format!("{} bytes of data before the answer", data.len()),
+            });
+        }
+        Ok(response)
+    }
+
+    /// As [`Link::call`], for the requests whose data moves in `Data` frames: sends
+    /// `upload` after the request, in chunks, without waiting for anything between
+    /// them (an early answer, such as a failed open, stops the upload), and returns
+    /// the answer with the data the agent sent before it (at most [`MAX_DATA`]).
+    pub fn call_with_data(
+        &self,
+        channel: u32,
+        req: &Request,
+        upload: &[u8],
+        timeout: Duration,
+    ) -> Result<(Response, Vec<u8>), LinkError> {
         let x = Exchange::new(req.op_name(), channel, timeout);
         let channel_lock = {
             let mut locks = lock(&self.inner.channel_locks);
@@ -286,10 +321,10 @@ impl Link {
         // A file that must stop sends nothing more.
         self.check_alive(&x)?;
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        let frame = encode_message(channel, seq, &Message::Request(req.clone()))
-            .map_err(|source| self.protocol(&x, source))?;
+        let frame =
+            encode_request(channel, seq, req).map_err(|source| self.protocol(&x, source))?;
         let (tx, rx) = mpsc::channel();
-        {
+        let paced = {
             let mut state = lock(&self.inner.state);
             if let Some(reason) = &state.lost {
                 return Err(LinkError::Disconnected {
@@ -300,10 +335,12 @@ impl Link {
                 });
             }
             state.pending.insert(channel, Pending { seq, tx });
-        }
+            state.credit.is_some()
+        };
         let result = self
             .write_frame(&frame, &x, true)
-            .and_then(|()| self.wait(&rx, &x));
+            .and_then(|()| self.upload(upload, seq, paced, &rx, &x))
+            .and_then(|early| self.collect(early, &rx, &x));
         {
             let mut state = lock(&self.inner.state);
             if state.pending.get(&channel).is_some_and(|p| p.seq == seq) {
@@ -316,15 +353,85 @@ impl Link {
         ) {
             self.cancel_in_guest(channel, seq);
         }
-        match result? {
+        let (message, data) = result?;
+        match message {
             Message::Response(Response::Error(source)) => Err(LinkError::Agent {
                 vm: self.inner.vm.clone(),
                 op: x.op,
                 channel,
                 source,
             }),
-            Message::Response(resp) => Ok(resp),
+            Message::Response(resp) => Ok((resp, data)),
             other => Err(self.unexpected(x.op, channel, &other)),
+        }
+    }
+
+    /// Sends `data` as `Data` frames of request `seq`, each built in one reused
+    /// buffer; stops early when the agent has already answered, and returns what it
+    /// answered.
+    fn upload(
+        &self,
+        data: &[u8],
+        seq: u32,
+        paced: bool,
+        rx: &Receiver<Delivery>,
+        x: &Exchange,
+    ) -> Result<Option<Delivery>, LinkError> {
+        // Smaller pieces on the UART, so other channels' frames pass between them.
+        let chunk = if paced { UART_DATA_CHUNK } else { DATA_CHUNK };
+        let mut frame = Vec::with_capacity(DATA_FRAME_PREFIX + chunk.min(data.len()));
+        for piece in data.chunks(chunk) {
+            if let Ok(early) = rx.try_recv() {
+                return Ok(Some(early));
+            }
+            self.check_alive(x)?;
+            if Instant::now() >= x.deadline {
+                return Err(self.timeout(x));
+            }
+            frame.clear();
+            frame.resize(DATA_FRAME_PREFIX, 0);
+            frame.extend_from_slice(piece);
+            seal_data_frame(&mut frame, x.channel, seq).map_err(|e| self.protocol(x, e))?;
+            self.write_frame(&frame, x, true)?;
+        }
+        Ok(None)
+    }
+
+    /// Waits for the message that ends the call, gathering the data sent before it.
+    fn collect(
+        &self,
+        early: Option<Delivery>,
+        rx: &Receiver<Delivery>,
+        x: &Exchange,
+    ) -> Result<(Message, Vec<u8>), LinkError> {
+        let mut data = Vec::new();
+        let mut next = early;
+        loop {
+            let delivered = match next.take() {
+                Some(delivery) => delivery
+                    .into_result()
+                    .map_err(|source| self.protocol(x, source))?,
+                None => self.wait(rx, x)?,
+            };
+            let frame = match delivered {
+                Delivered::End(message) => return Ok((message, data)),
+                Delivered::Data(frame) => frame,
+            };
+            let bytes = frame
+                .data()
+                .map_err(|source| self.protocol(x, source))?
+                .unwrap_or_default();
+            if data.len() + bytes.len() > MAX_DATA as usize {
+                return Err(self.protocol(
+                    x,
+                    ProtoError::Oversize {
+                        what: "data before the answer",
+                        len: (data.len() + bytes.len()) as u64,
+                        cap: u64::from(MAX_DATA),
+                    },
+                ));
+            }
+            data.extend_from_slice(bytes);
         }
     }
 
@@ -655,9 +762,12 @@ trait DeliveryResult {
 }
 
 impl DeliveryResult for Delivery {
-    type Value = Message;
-    fn into_result(self) -> Result<Message, ProtoError> {
-        self
+    type Value = Delivered;
+    fn into_result(self) -> Result<Delivered, ProtoError> {
+        match self {
+            Delivery::Data(frame) => Ok(Delivered::Data(frame)),
+            Delivery::End(message) => message.map(Delivered::End),
+        }
     }
 }
 
@@ -675,20 +785,23 @@ fn read_loop(
     generation: u64,
 ) {
     let mut reader = FrameReader::new();
-    let mut buf = vec![0u8; 64 * 1024];
     let reason = loop {
-        let n = match stream.read(&mut buf) {
+        match reader.read_from(&mut stream) {
             Ok(0) => break "the agent socket was closed".to_string(),
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => break format!("read failed: {e}"),
         };
-        reader.push(&buf[..n]);
         loop {
             let (channel, seq, delivery) = match reader.next_frame() {
                 Ok(None) => break,
-                Ok(Some(frame)) => (frame.channel, frame.seq, frame.message()),
-                Err(e @ ProtoError::PayloadChecksum { channel, seq }) => (channel, seq, Err(e)),
+                Ok(Some(frame)) if frame.payload.first() == Some(&TAG_DATA) => {
+                    (frame.channel, frame.seq, Delivery::Data(frame))
+                }
+                Ok(Some(frame)) => (frame.channel, frame.seq, Delivery::End(frame.message())),
+                Err(e @ ProtoError::PayloadChecksum { channel, seq }) => {
+                    (channel, seq, Delivery::End(Err(e)))
+                }
                 // An oversize header cannot be attributed to a call; the reader has
                 // skipped it and resynchronises on the next frame.
                 Err(_) => continue,
@@ -697,7 +810,7 @@ fn read_loop(
             if st.generation != generation {
                 return;
             }
-            if let Ok(Message::HelloAck { version }) = delivery {
+            if let Delivery::End(Ok(Message::HelloAck { version })) = delivery {
                 // The agent restarts its count at each Hello, so the window restarts;
                 // only during a handshake, before any paced byte, since a late answer
                 // to an earlier Hello would otherwise refill a window in use.
@@ -710,17 +823,23 @@ fn read_loop(
                 }
                 continue;
             }
-            if let Ok(Message::Credit { bytes }) = delivery {
+            if let Delivery::End(Ok(Message::Credit { bytes })) = delivery {
                 if let Some(avail) = st.credit.as_mut() {
                     *avail += u64::from(bytes);
                     credit_changed.notify_all();
                 }
                 continue;
             }
-            if st.pending.get(&channel).is_some_and(|p| p.seq == seq) {
-                if let Some(p) = st.pending.remove(&channel) {
-                    let _ = p.tx.send(delivery);
+            match st.pending.get(&channel) {
+                Some(p) if p.seq == seq => {
+                    if let Delivery::Data(_) = delivery {
+                        // More is to come: the call stays pending.
+                        let _ = p.tx.send(delivery);
+                    } else if let Some(p) = st.pending.remove(&channel) {
+                        let _ = p.tx.send(delivery);
+                    }
                 }
+                _ => {}
             }
         }
     };
@@ -737,6 +856,7 @@ fn read_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn alive() -> Liveness {
         Arc::new(|| None)
@@ -895,13 +1015,14 @@ mod tests {
     }
 
     /// A UART-like agent: answers the handshake, credits every 4 KiB it reads when
-    /// `credits` is set, answers a `WriteFile` with `Done`, and records how many
-    /// bytes it has read.
+    /// `credits` is set, answers a `WriteFile` with `Done` once its data has all
+    /// arrived, and records how many bytes it has read.
     fn uart_agent(mut stream: UnixStream, credits: bool, read: Arc<AtomicU32>) {
         std::thread::spawn(move || {
             let mut reader = FrameReader::new();
             let mut buf = [0u8; 1024];
             let mut uncredited = 0;
+            let mut due = 0;
             loop {
                 let n = match stream.read(&mut buf) {
                     Ok(0) | Err(_) => return,
@@ -917,6 +1038,17 @@ mod tests {
                             Message::HelloAck {
                                 version: PROTOCOL_VERSION,
                             }
+                        }
+                        Message::Request(Request::WriteFile { size, .. }) if size > 0 => {
+                            due = size;
+                            continue;
+                        }
+                        Message::Data { bytes } => {
+                            due -= bytes.len() as u64;
+                            if due > 0 {
+                                continue;
+                            }
+                            Message::Response(Response::Done)
                         }
                         _ => Message::Response(Response::Done),
                     };
@@ -937,12 +1069,16 @@ mod tests {
         });
     }
 
-    fn big_write() -> Request {
-        Request::WriteFile {
+    /// Writes 1 MiB to a file, in `Data` frames after the request.
+    fn big_write(link: &Link, timeout: Duration) -> Result<Response, LinkError> {
+        let data = vec![7; 1 << 20];
+        let request = Request::WriteFile {
             path: "/big".into(),
-            data: vec![7; 1 << 20],
+            size: data.len() as u64,
             mode: None,
-        }
+        };
+        link.call_with_data(0, &request, &data, timeout)
+            .map(|(response, _)| response)
     }
 
     #[test]
@@ -953,9 +1089,7 @@ mod tests {
         let link = Link::connect("t", host, alive(), Duration::from_secs(5)).unwrap();
         let after_hello = read.load(Ordering::SeqCst);
         link.pace_for_uart();
-        let err = link
-            .call(0, &big_write(), Duration::from_millis(500))
-            .unwrap_err();
+        let err = big_write(&link, Duration::from_millis(500)).unwrap_err();
         assert!(matches!(err, LinkError::Timeout { .. }), "{err}");
         let paced = u64::from(read.load(Ordering::SeqCst) - after_hello);
         assert_eq!(paced, UART_WINDOW, "bytes sent without credit");
@@ -978,9 +1112,7 @@ mod tests {
             dead.store(true, Ordering::SeqCst);
         });
         let start = Instant::now();
-        let err = link
-            .call(0, &big_write(), Duration::from_secs(60))
-            .unwrap_err();
+        let err = big_write(&link, Duration::from_secs(60)).unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(3));
         assert!(matches!(err, LinkError::VmDead { .. }), "{err}");
     }
@@ -994,7 +1126,7 @@ mod tests {
         link.pace_for_uart();
         for _ in 0..2 {
             assert_eq!(
-                link.call(0, &big_write(), Duration::from_secs(20)).unwrap(),
+                big_write(&link, Duration::from_secs(20)).unwrap(),
                 Response::Done
             );
         }
