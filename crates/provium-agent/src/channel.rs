@@ -134,6 +134,12 @@ impl Inbox for MailboxInbox {
             {
                 let mut queue = lock(&self.0.queue);
                 if let Some(frame) = queue.frames.pop_front() {
+                    // The frames behind it may have been counted by the wakeup that
+                    // delivered this one: keep the descriptor readable for them, so
+                    // a request that polls it (a cancel, a session's input) sees them.
+                    if !queue.frames.is_empty() {
+                        self.0.signal();
+                    }
                     return Some(frame);
                 }
                 if queue.closed {

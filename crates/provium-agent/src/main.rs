@@ -16,6 +16,7 @@ mod net;
 mod port;
 mod router;
 mod serve;
+mod session;
 mod sys;
 mod syscall;
 

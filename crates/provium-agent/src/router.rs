@@ -31,9 +31,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use provium_proto::{
-    encode_frame, encode_message, op_name_of_tag, AgentError, Frame, FrameReader, Message,
-    ProtoError, Request, Response, DATA_CHUNK, MAIN_CHANNEL, PROTOCOL_VERSION, TAG_DATA,
-    UART_DATA_CHUNK,
+    encode_frame, encode_message, is_partial_answer, op_name_of_tag, AgentError, Frame,
+    FrameReader, Message, ProtoError, Request, Response, DATA_CHUNK, MAIN_CHANNEL,
+    PROTOCOL_VERSION, TAG_DATA, TAG_INPUT, TAG_RESIZE, UART_DATA_CHUNK,
 };
 
 use crate::channel::{encode_answer, lock, Mailbox, Outbox, SocketInbox, SocketOutbox};
@@ -388,7 +388,8 @@ impl Router {
             return;
         }
         let Some(op) = op else {
-            if tag == TAG_DATA {
+            // Data of an upload, a session's input: for the request in progress.
+            if matches!(tag, TAG_DATA | TAG_INPUT | TAG_RESIZE) {
                 return self.forward(channel, frame, None);
             }
             // Not for the agent (an answer, a credit) or not a message at all.
@@ -700,8 +701,9 @@ fn relay_answers(channel: u32, mut socket: UnixStream, pid: i32, shared: &Shared
             Ok(_) => {}
         }
         while let Ok(Some(frame)) = reader.next_frame() {
-            // A `Data` frame is part of an answer still to come.
-            if frame.payload.first() != Some(&TAG_DATA) && !shared.answered(channel, frame.seq) {
+            // A `Data` or `Output` frame is part of an answer still to come.
+            let partial = frame.payload.first().is_some_and(|t| is_partial_answer(*t));
+            if !partial && !shared.answered(channel, frame.seq) {
                 continue;
             }
             match encode_frame(frame.channel, frame.seq, &frame.payload) {

@@ -10,6 +10,7 @@ use provium_proto::{seal_data_frame, AgentError, Frame, Message, Request, Respon
 use crate::channel::{Inbox, Outbox};
 use crate::exec::{self, Jobs, Watch};
 use crate::files::{self, Upload};
+use crate::session;
 use crate::syscall;
 
 /// Where the agent runs: in a guest, or on the host for testing (`--serve-unix`),
@@ -73,6 +74,10 @@ impl Worker<'_> {
             | Request::Cancel { .. } => Err(AgentError::Unsupported {
                 op: op.to_string(),
                 reason: "only the main channel's router performs it".to_string(),
+            }),
+            Request::Session { .. } => Err(AgentError::Unsupported {
+                op: op.to_string(),
+                reason: "a session is run by the channel's serve loop".to_string(),
             }),
         };
         Some(result.unwrap_or_else(Response::Error))
@@ -153,6 +158,14 @@ pub fn serve(inbox: &mut dyn Inbox, outbox: &dyn Outbox, mode: Mode) {
                 }
                 continue;
             }
+            Ok(Message::Request(Request::Session { command, pty, term })) => {
+                worker.upload = None;
+                let spec = session::Spec { command, pty, term };
+                session::run(seq, spec, inbox, outbox, &mut queued, mode)
+                    .unwrap_or_else(Response::Error)
+            }
+            // Input for a session that has ended: nobody reads it.
+            Ok(Message::Input { .. } | Message::Resize { .. }) => continue,
             Ok(Message::Request(req)) => {
                 worker.upload = None;
                 let fd = inbox.fd();
@@ -197,7 +210,7 @@ fn read_while_busy(inbox: &mut dyn Inbox, queued: &mut VecDeque<Frame>, busy: u3
 
 /// The request a `Cancel` frame cancels; `None` for any other frame, which is not
 /// decoded here (it may be a large `Data` frame).
-fn cancel_of(frame: &Frame) -> Option<u32> {
+pub fn cancel_of(frame: &Frame) -> Option<u32> {
     if frame.payload.first() != Some(&Request::Cancel { seq: 0 }.tag()) {
         return None;
     }

@@ -15,13 +15,13 @@ pub use frame::{
     Frame, FrameReader, DATA_FRAME_PREFIX, FRAME_HEADER_LEN, MAGIC,
 };
 pub use message::{
-    op_name_of_tag, IoctlPtr, Message, PtrPatch, Request, Response, SyscallBuf, MAX_SYSCALL_ARGS,
-    TAG_DATA,
+    is_partial_answer, op_name_of_tag, IoctlPtr, Message, PtrPatch, PtySize, Request, Response,
+    SyscallBuf, MAX_SYSCALL_ARGS, STDERR, STDOUT, TAG_DATA, TAG_INPUT, TAG_OUTPUT, TAG_RESIZE,
 };
 
 /// Protocol version exchanged in `Hello`/`HelloAck`. Bump on any change to the message
 /// encoding; the frame header and the handshake messages never change.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame payload accepted by either side. Leaves room around [`MAX_DATA`] for
 /// the message's own fields (tag, lengths, a path).

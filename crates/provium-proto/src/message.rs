@@ -119,7 +119,28 @@ pub enum Request {
     Cancel {
         seq: u32,
     },
+    /// Runs `command` with `/bin/sh -c` in a session of its own, interactively: the
+    /// host sends its input in `Input` messages and gets its output in `Output`
+    /// messages, all with this request's channel and sequence number, until the
+    /// answer `SessionEnded`. With `pty`, on a pseudo-terminal of that size whose
+    /// `TERM` is `term`; otherwise on pipes.
+    Session {
+        command: String,
+        pty: Option<PtySize>,
+        term: String,
+    },
 }
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Which of a session's output streams an `Output` message carries.
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
 
 /// What the agent answers; `Error` for any request that failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +192,11 @@ pub enum Response {
     },
     Quiesced,
     Pong,
+    /// A `Session`'s end: its shell exited with `exit_code` (128+n for signal n),
+    /// after all of its output was sent.
+    SessionEnded {
+        exit_code: i32,
+    },
     Error(AgentError),
 }
 
@@ -197,6 +223,24 @@ pub enum Message {
     Data {
         bytes: Vec<u8>,
     },
+    /// Input for the `Session` with the same channel and sequence number: bytes for
+    /// its terminal or its stdin; empty for the end of the input (on pipes, stdin
+    /// closes; on a pty, the terminal hangs up).
+    Input {
+        bytes: Vec<u8>,
+    },
+    /// The `Session`'s terminal changed size (the agent sets it; the kernel sends
+    /// SIGWINCH to the foreground job).
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// Output of the `Session` with the same channel and sequence number, on
+    /// `stream` ([`STDOUT`] or [`STDERR`]; a pty has only stdout).
+    Output {
+        stream: u8,
+        bytes: Vec<u8>,
+    },
     Request(Request),
     Response(Response),
 }
@@ -206,6 +250,18 @@ const TAG_HELLO_ACK: u8 = 0x02;
 const TAG_CREDIT: u8 = 0x03;
 /// The tag of [`Message::Data`].
 pub const TAG_DATA: u8 = 0x04;
+/// The tag of [`Message::Input`].
+pub const TAG_INPUT: u8 = 0x05;
+/// The tag of [`Message::Resize`].
+pub const TAG_RESIZE: u8 = 0x06;
+/// The tag of [`Message::Output`].
+pub const TAG_OUTPUT: u8 = 0x07;
+
+/// Whether a frame with this tag is a piece of an answer still to come (the call
+/// with its channel and sequence number stays pending): `Data` and `Output`.
+pub fn is_partial_answer(tag: u8) -> bool {
+    tag == TAG_DATA || tag == TAG_OUTPUT
+}
 
 impl Message {
     pub fn encode(&self) -> Vec<u8> {
@@ -233,6 +289,18 @@ impl Message {
                 w = Writer::after(out, TAG_DATA);
                 w.bytes(bytes);
             }
+            Message::Input { bytes } => {
+                w = Writer::after(out, TAG_INPUT);
+                w.bytes(bytes);
+            }
+            Message::Resize { rows, cols } => {
+                w = Writer::after(out, TAG_RESIZE);
+                w.u32(u32::from(*rows)).u32(u32::from(*cols));
+            }
+            Message::Output { stream, bytes } => {
+                w = Writer::after(out, TAG_OUTPUT);
+                w.u32(u32::from(*stream)).bytes(bytes);
+            }
             Message::Request(req) => w = req.encode(out),
             Message::Response(resp) => w = resp.encode(out),
         }
@@ -255,6 +323,26 @@ impl Message {
             TAG_DATA => Message::Data {
                 bytes: r.bytes("data")?,
             },
+            TAG_INPUT => Message::Input {
+                bytes: r.bytes("input")?,
+            },
+            TAG_RESIZE => Message::Resize {
+                rows: small(r.u32("rows")?, "rows")?,
+                cols: small(r.u32("columns")?, "columns")?,
+            },
+            TAG_OUTPUT => Message::Output {
+                stream: match r.u32("stream")? {
+                    1 => STDOUT,
+                    2 => STDERR,
+                    other => {
+                        return Err(ProtoError::UnknownTag {
+                            what: "output stream",
+                            tag: u8::try_from(other).unwrap_or(u8::MAX),
+                        })
+                    }
+                },
+                bytes: r.bytes("output")?,
+            },
             0x10..=0x3f => Message::Request(Request::decode(tag, &mut r)?),
             0x40..=0x7f => Message::Response(Response::decode(tag, &mut r)?),
             tag => {
@@ -267,6 +355,15 @@ impl Message {
         r.finish()?;
         Ok(msg)
     }
+}
+
+/// A terminal dimension, which the wire carries as a u32.
+fn small(value: u32, what: &'static str) -> Result<u16, ProtoError> {
+    u16::try_from(value).map_err(|_| ProtoError::Oversize {
+        what,
+        len: u64::from(value),
+        cap: u64::from(u16::MAX),
+    })
 }
 
 /// The name of the operation a request tag stands for (`None` for any other tag),
@@ -290,6 +387,7 @@ pub fn op_name_of_tag(tag: u8) -> Option<&'static str> {
         0x1e => "quiesce",
         0x1f => "ping",
         0x20 => "cancel",
+        0x21 => "session",
         _ => return None,
     })
 }
@@ -315,6 +413,7 @@ impl Request {
             Request::Quiesce => 0x1e,
             Request::Ping => 0x1f,
             Request::Cancel { .. } => 0x20,
+            Request::Session { .. } => 0x21,
         }
     }
 
@@ -409,6 +508,14 @@ impl Request {
             Request::Cancel { seq } => {
                 w = Writer::after(out, 0x20);
                 w.u32(*seq);
+            }
+            Request::Session { command, pty, term } => {
+                w = Writer::after(out, 0x21);
+                w.str(command).bool(pty.is_some());
+                if let Some(size) = pty {
+                    w.u32(u32::from(size.rows)).u32(u32::from(size.cols));
+                }
+                w.str(term);
             }
         }
         w
@@ -507,6 +614,22 @@ impl Request {
             0x20 => Request::Cancel {
                 seq: r.u32("cancelled seq")?,
             },
+            0x21 => {
+                let command = r.string("command")?;
+                let pty = if r.bool("pty flag")? {
+                    Some(PtySize {
+                        rows: small(r.u32("rows")?, "rows")?,
+                        cols: small(r.u32("columns")?, "columns")?,
+                    })
+                } else {
+                    None
+                };
+                Request::Session {
+                    command,
+                    pty,
+                    term: r.string("term")?,
+                }
+            }
             tag => {
                 return Err(ProtoError::UnknownTag {
                     what: "request",
@@ -572,6 +695,10 @@ impl Response {
             }
             Response::Quiesced => w = Writer::after(out, 0x49),
             Response::Pong => w = Writer::after(out, 0x4a),
+            Response::SessionEnded { exit_code } => {
+                w = Writer::after(out, 0x4b);
+                w.i32(*exit_code);
+            }
             Response::Error(e) => {
                 w = Writer::after(out, 0x7f);
                 e.encode(&mut w);
@@ -628,6 +755,9 @@ impl Response {
             },
             0x49 => Response::Quiesced,
             0x4a => Response::Pong,
+            0x4b => Response::SessionEnded {
+                exit_code: r.i32("exit code")?,
+            },
             0x7f => Response::Error(AgentError::decode(r)?),
             tag => {
                 return Err(ProtoError::UnknownTag {
@@ -729,6 +859,16 @@ mod tests {
             Request::Quiesce,
             Request::Ping,
             Request::Cancel { seq: 7 },
+            Request::Session {
+                command: "exec /bin/sh -l".into(),
+                pty: Some(PtySize { rows: 24, cols: 80 }),
+                term: "xterm-256color".into(),
+            },
+            Request::Session {
+                command: "uname -r".into(),
+                pty: None,
+                term: String::new(),
+            },
         ];
         let errors = vec![
             AgentError::Path {
@@ -805,6 +945,7 @@ mod tests {
             },
             Response::Quiesced,
             Response::Pong,
+            Response::SessionEnded { exit_code: 130 },
         ];
         resps.extend(errors.into_iter().map(Response::Error));
         let mut msgs = vec![
@@ -815,6 +956,22 @@ mod tests {
                 bytes: (0..=255).collect(),
             },
             Message::Data { bytes: vec![] },
+            Message::Input {
+                bytes: b"ls\r".to_vec(),
+            },
+            Message::Input { bytes: vec![] },
+            Message::Resize {
+                rows: 50,
+                cols: 132,
+            },
+            Message::Output {
+                stream: STDOUT,
+                bytes: b"$ ".to_vec(),
+            },
+            Message::Output {
+                stream: STDERR,
+                bytes: vec![0, 255],
+            },
         ];
         msgs.extend(reqs.into_iter().map(Message::Request));
         msgs.extend(resps.into_iter().map(Message::Response));
@@ -837,8 +994,10 @@ mod tests {
                 assert_eq!(op_name_of_tag(req.tag()), Some(req.op_name()));
             }
         }
-        assert_eq!(op_name_of_tag(0x21), None);
+        assert_eq!(op_name_of_tag(0x22), None);
         assert_eq!(op_name_of_tag(TAG_DATA), None);
+        assert_eq!(op_name_of_tag(TAG_INPUT), None);
+        assert_eq!(op_name_of_tag(TAG_OUTPUT), None);
     }
 
     #[test]

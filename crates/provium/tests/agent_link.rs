@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use provium::vm::agent_bin::AGENT;
+use provium::vm::client::{AgentClient, Session, SessionEvent, SessionSpec};
 use provium::vm::link::{Link, LinkError, Liveness};
 use provium_proto::{
     encode_message, AgentError, FrameReader, IoctlPtr, Message, PtrPatch, Request, Response,
@@ -897,4 +898,220 @@ fn agent_without_arguments_off_pid_1_refuses_to_start() {
     let out = Command::new(agent_exe()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--serve-unix"));
+}
+
+/// A session's events until it exits: (stdout, stderr, exit code).
+fn run_session(session: &Session, limit: Duration) -> (String, String, i32) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match session.next(Duration::from_millis(100)).unwrap() {
+            Some(SessionEvent::Stdout(b)) => out.extend(b),
+            Some(SessionEvent::Stderr(b)) => err.extend(b),
+            Some(SessionEvent::Exit(code)) => {
+                return (
+                    String::from_utf8_lossy(&out).into_owned(),
+                    String::from_utf8_lossy(&err).into_owned(),
+                    code,
+                )
+            }
+            None => {}
+        }
+    }
+    panic!(
+        "the session did not end within {limit:?}; stdout so far: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// Reads the session's output until it contains `want` (a pty echoes and prompts).
+fn wait_for_output(session: &Session, want: &str) -> String {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        if let Some(SessionEvent::Stdout(b)) = session.next(Duration::from_millis(100)).unwrap() {
+            out.extend(b);
+            if String::from_utf8_lossy(&out).contains(want) {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+        }
+    }
+    panic!(
+        "no {want:?} in the session's output: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+fn client(agent: &Agent) -> AgentClient {
+    AgentClient::main(agent.link(), "host-agent", T, agent.liveness())
+}
+
+#[test]
+fn a_session_on_pipes_gets_its_stdin_and_separates_its_streams() {
+    let agent = Agent::start();
+    let client = client(&agent);
+    let session = client
+        .open_session(SessionSpec {
+            command: "echo out; echo err >&2; read a; read b; echo \"got $a-$b\"; exit 7".into(),
+            pty: None,
+            term: String::new(),
+        })
+        .unwrap();
+    session.send(b"one\n").unwrap();
+    session.send(b"two\n").unwrap();
+    session.close_input().unwrap();
+    let (out, err, code) = run_session(&session, T);
+    assert_eq!(
+        (out.as_str(), err.as_str(), code),
+        ("out\ngot one-two\n", "err\n", 7)
+    );
+    drop(session);
+    // The channel serves calls again once the session ended.
+    assert_eq!(client.exec("echo after").unwrap().stdout, b"after\n");
+}
+
+#[test]
+fn a_session_reads_end_of_input_when_the_host_closes_it() {
+    let agent = Agent::start();
+    let client = client(&agent);
+    let session = client
+        .open_session(SessionSpec {
+            command: "wc -c".into(),
+            pty: None,
+            term: String::new(),
+        })
+        .unwrap();
+    // More than one pipe buffer, so the agent has to hold input for the command.
+    session.send(&vec![b'x'; 300_000]).unwrap();
+    session.close_input().unwrap();
+    let (out, _, code) = run_session(&session, T);
+    assert_eq!((out.trim(), code), ("300000", 0));
+}
+
+#[test]
+fn a_pty_session_has_its_size_term_and_a_controlling_terminal() {
+    let agent = Agent::start();
+    let client = client(&agent);
+    let session = client
+        .open_session(SessionSpec {
+            command: "exec /bin/sh".into(),
+            pty: Some((33, 101)),
+            term: "vt220".into(),
+        })
+        .unwrap();
+    session
+        .send(b"stty size; echo \"T=$TERM\"; tty >/dev/null && echo tty-$((6*7))\n")
+        .unwrap();
+    // Markers computed by the shell: the terminal echoes the typed line too.
+    let seen = wait_for_output(&session, "tty-42");
+    assert!(seen.contains("33 101"), "{seen:?}");
+    assert!(seen.contains("T=vt220"), "{seen:?}");
+    session.resize(40, 120).unwrap();
+    session.send(b"stty size\n").unwrap();
+    wait_for_output(&session, "40 120\r\n");
+    // Ctrl-C reaches the foreground job through the guest's line discipline: the
+    // sleep dies by SIGINT, the shell lives on.
+    // (A shell abandons the rest of a command line whose job died of SIGINT, so the
+    // status is asked on the next line.)
+    session.send(b"sleep 30\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    session.send(b"\x03").unwrap();
+    session.send(b"echo status=$((0+$?))\n").unwrap();
+    wait_for_output(&session, "status=130");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    session.send(b"exit 3\n").unwrap();
+    let (_, _, code) = run_session(&session, T);
+    assert_eq!(code, 3);
+}
+
+#[test]
+fn a_pty_session_ends_when_the_terminal_hangs_up() {
+    let agent = Agent::start();
+    let client = client(&agent);
+    let session = client
+        .open_session(SessionSpec {
+            command: "exec /bin/sh".into(),
+            pty: Some((24, 80)),
+            term: "xterm".into(),
+        })
+        .unwrap();
+    session.send(b"echo ready\n").unwrap();
+    wait_for_output(&session, "ready");
+    session.hang_up().unwrap();
+    let (_, _, code) = run_session(&session, T);
+    assert_eq!(code, 128 + 1, "SIGHUP");
+}
+
+#[test]
+fn dropping_a_session_kills_its_command_and_frees_the_channel() {
+    let agent = Agent::start();
+    let client = client(&agent);
+    let marker = agent.path("session-pid");
+    let session = client
+        .open_session(SessionSpec {
+            command: format!("echo $$ > {marker}; exec sleep 300"),
+            pty: None,
+            term: String::new(),
+        })
+        .unwrap();
+    let deadline = Instant::now() + T;
+    while std::fs::read_to_string(&marker).map_or(true, |s| !s.ends_with('\n')) {
+        assert!(Instant::now() < deadline, "the session never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(session);
+    let start = Instant::now();
+    assert_eq!(client.exec("echo next").unwrap().stdout, b"next\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // Signal 0 probes the process.
+    let alive = Command::new("kill")
+        .arg("-0")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(!alive.success(), "the session's command {pid} survived");
+}
+
+#[test]
+fn a_worker_session_runs_in_the_worker() {
+    let agent = Agent::start();
+    let client = client(&agent);
+    let worker = client.spawn(false).unwrap();
+    let session = worker
+        .client
+        .open_session(SessionSpec {
+            command: "echo $PPID".into(),
+            pty: None,
+            term: String::new(),
+        })
+        .unwrap();
+    let (out, _, code) = run_session(&session, T);
+    assert_eq!((out.trim(), code), (worker.pid.to_string().as_str(), 0));
+    // A call on the channel while a session holds it is refused, not interleaved.
+    let _held = client
+        .open_session(SessionSpec {
+            command: "sleep 30".into(),
+            pty: None,
+            term: String::new(),
+        })
+        .unwrap();
+    let err = client.exec("true").unwrap_err();
+    assert!(
+        err.to_string().contains("held by an interactive session"),
+        "{err}"
+    );
 }

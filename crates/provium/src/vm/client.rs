@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use provium_proto::{
-    AgentError, IoctlPtr, ProtoError, PtrPatch, Request, Response, SyscallBuf, MAIN_CHANNEL,
-    MAX_DATA,
+    AgentError, IoctlPtr, Message, ProtoError, PtrPatch, PtySize, Request, Response, SyscallBuf,
+    MAIN_CHANNEL, MAX_DATA, STDERR,
 };
 use thiserror::Error;
 
-use super::link::{Link, LinkError, Liveness};
+use super::link::{Link, LinkError, LinkStream, Liveness};
 use crate::cancel::Stop;
 
 /// How long a lost connection waits for QEMU's own account of why (its exit or a
@@ -632,6 +632,120 @@ impl AgentClient {
             Response::Pong => Ok(()),
             other => Err(self.unexpected("ping", other)),
         }
+    }
+
+    /// Starts an interactive session on this client's channel (the VM's main channel,
+    /// or a worker's, whose process the command then descends from); the channel
+    /// takes no other call until the session ends.
+    pub fn open_session(&self, spec: SessionSpec) -> Result<Session, ClientError> {
+        let request = Request::Session {
+            command: spec.command,
+            pty: spec.pty.map(|(rows, cols)| PtySize { rows, cols }),
+            term: spec.term,
+        };
+        let stream = self
+            .link
+            .open_stream(self.channel, &request, self.op_timeout)
+            .map_err(|error| self.explain("session", error))?;
+        Ok(Session {
+            client: self.clone(),
+            stream: std::cell::RefCell::new(stream),
+        })
+    }
+
+    /// The error for a session (or any wait of this client's) that ended because the
+    /// caller had to stop.
+    pub fn stopped(&self, stop: Stop) -> ClientError {
+        ClientError::Stopped {
+            subject: self.subject.to_string(),
+            op: "session",
+            stop,
+        }
+    }
+}
+
+/// What [`AgentClient::open_session`] starts: `command` with `/bin/sh -c`, on a
+/// pseudo-terminal of `pty` = (rows, columns) whose `TERM` is `term`, or on pipes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSpec {
+    pub command: String,
+    pub pty: Option<(u16, u16)>,
+    pub term: String,
+}
+
+/// What a session's command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// It exited with this status (128+n for signal n), all of its output sent.
+    Exit(i32),
+}
+
+/// An interactive session in the guest (docs/protocol.md, "Sessions"). Dropping it
+/// before its command exited kills the command's process group.
+pub struct Session {
+    client: AgentClient,
+    stream: std::cell::RefCell<LinkStream>,
+}
+
+impl Session {
+    /// Sends input: bytes for the terminal, or for the command's stdin.
+    pub fn send(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        for piece in bytes.chunks(provium_proto::UART_DATA_CHUNK) {
+            self.message(&Message::Input {
+                bytes: piece.to_vec(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The local terminal changed size.
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        self.message(&Message::Resize { rows, cols })
+    }
+
+    /// The command's stdin ends (pipes).
+    pub fn close_input(&self) -> Result<(), ClientError> {
+        self.message(&Message::Input { bytes: Vec::new() })
+    }
+
+    /// The terminal hangs up: the guest's shell gets SIGHUP (pty).
+    pub fn hang_up(&self) -> Result<(), ClientError> {
+        self.close_input()
+    }
+
+    fn message(&self, message: &Message) -> Result<(), ClientError> {
+        self.stream
+            .borrow()
+            .send(message)
+            .map_err(|error| self.client.explain("session", error))
+    }
+
+    /// What the command did next, waiting up to `wait`; `None` when nothing happened.
+    pub fn next(&self, wait: Duration) -> Result<Option<SessionEvent>, ClientError> {
+        let message = self
+            .stream
+            .borrow_mut()
+            .next(wait)
+            .map_err(|error| self.client.explain("session", error))?;
+        Ok(match message {
+            None => None,
+            Some(Message::Output { stream, bytes }) if stream == STDERR => {
+                Some(SessionEvent::Stderr(bytes))
+            }
+            Some(Message::Output { bytes, .. }) => Some(SessionEvent::Stdout(bytes)),
+            Some(Message::Response(Response::SessionEnded { exit_code })) => {
+                Some(SessionEvent::Exit(exit_code))
+            }
+            Some(other) => {
+                return Err(ClientError::Unexpected {
+                    subject: self.client.subject.to_string(),
+                    op: "session",
+                    got: format!("{other:?}").chars().take(200).collect(),
+                })
+            }
+        })
     }
 }
 

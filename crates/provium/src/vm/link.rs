@@ -6,7 +6,7 @@
 //! deadline and polls the caller's liveness check, so a dead QEMU or a kernel panic
 //! ends it at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
@@ -16,9 +16,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use provium_proto::{
-    encode_message, encode_request, seal_data_frame, AgentError, Frame, FrameReader, Message,
-    ProtoError, Request, Response, DATA_CHUNK, DATA_FRAME_PREFIX, MAX_DATA, PROTOCOL_VERSION,
-    TAG_DATA, UART_DATA_CHUNK,
+    encode_message, encode_request, is_partial_answer, seal_data_frame, AgentError, Frame,
+    FrameReader, Message, ProtoError, Request, Response, DATA_CHUNK, DATA_FRAME_PREFIX, MAX_DATA,
+    PROTOCOL_VERSION, UART_DATA_CHUNK,
 };
 
 use crate::cancel::{self, Stop};
@@ -154,6 +154,8 @@ struct State {
     /// Why the current connection ended, once it has.
     lost: Option<String>,
     pending: HashMap<u32, Pending>,
+    /// Channels an open [`LinkStream`] holds: no call may start on them meanwhile.
+    streams: HashSet<u32>,
     hello: Option<Sender<u32>>,
     /// Bytes the host may still send before the agent's next `Credit`; `None` when
     /// the channel has its own backpressure (virtio-serial) and writes are unpaced.
@@ -334,6 +336,14 @@ impl Link {
                     reason: reason.clone(),
                 });
             }
+            if state.streams.contains(&channel) {
+                return Err(LinkError::Unexpected {
+                    vm: self.inner.vm.clone(),
+                    op: x.op,
+                    channel,
+                    got: "the channel is held by an interactive session".to_string(),
+                });
+            }
             state.pending.insert(channel, Pending { seq, tx });
             state.credit.is_some()
         };
@@ -433,6 +443,62 @@ impl Link {
             }
             data.extend_from_slice(bytes);
         }
+    }
+
+    /// Sends `req` on `channel` and returns the exchange that follows, for requests
+    /// answered over time (`Session`): the caller sends messages of its own with the
+    /// request's sequence number and takes the agent's as they come, until the
+    /// answer. The channel takes no other call meanwhile. Dropping the stream before
+    /// the answer cancels the request in the guest. `write_timeout` bounds each
+    /// write (the request's, and each later message's).
+    pub fn open_stream(
+        &self,
+        channel: u32,
+        req: &Request,
+        write_timeout: Duration,
+    ) -> Result<LinkStream, LinkError> {
+        let x = Exchange::new(req.op_name(), channel, write_timeout);
+        let channel_lock = {
+            let mut locks = lock(&self.inner.channel_locks);
+            Arc::clone(locks.entry(channel).or_default())
+        };
+        let _serialised = lock(&channel_lock);
+        self.check_alive(&x)?;
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let frame =
+            encode_request(channel, seq, req).map_err(|source| self.protocol(&x, source))?;
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut state = lock(&self.inner.state);
+            if let Some(reason) = &state.lost {
+                return Err(LinkError::Disconnected {
+                    vm: self.inner.vm.clone(),
+                    op: x.op,
+                    channel,
+                    reason: reason.clone(),
+                });
+            }
+            if !state.streams.insert(channel) {
+                return Err(LinkError::Unexpected {
+                    vm: self.inner.vm.clone(),
+                    op: x.op,
+                    channel,
+                    got: "the channel is held by an interactive session".to_string(),
+                });
+            }
+            state.pending.insert(channel, Pending { seq, tx });
+        }
+        let stream = LinkStream {
+            link: self.clone(),
+            op: x.op,
+            channel,
+            seq,
+            write_timeout,
+            rx,
+            ended: false,
+        };
+        self.write_frame(&frame, &x, true)?;
+        Ok(stream)
     }
 
     /// Tells the agent the host gave up on request `seq`, so a command it runs is
@@ -755,6 +821,101 @@ impl Link {
     }
 }
 
+/// An exchange opened by [`Link::open_stream`].
+pub struct LinkStream {
+    link: Link,
+    op: &'static str,
+    channel: u32,
+    seq: u32,
+    write_timeout: Duration,
+    rx: Receiver<Delivery>,
+    /// The answer arrived (or the stream failed for good).
+    ended: bool,
+}
+
+impl LinkStream {
+    /// Sends `message` with the request's channel and sequence number (paced on the
+    /// UART like any request).
+    pub fn send(&self, message: &Message) -> Result<(), LinkError> {
+        let x = Exchange::new(self.op, self.channel, self.write_timeout);
+        let frame = encode_message(self.channel, self.seq, message)
+            .map_err(|source| self.link.protocol(&x, source))?;
+        self.link.write_frame(&frame, &x, true)
+    }
+
+    /// The agent's next message of this exchange, waiting up to `wait`: a piece
+    /// (`Output`, `Data`) or the answer, after which the stream has ended. `None`
+    /// when nothing came within `wait`. Liveness and the caller's stop are checked
+    /// while waiting, as in any call.
+    pub fn next(&mut self, wait: Duration) -> Result<Option<Message>, LinkError> {
+        if self.ended {
+            return Ok(None);
+        }
+        let x = Exchange::new(self.op, self.channel, wait);
+        loop {
+            let left = x.deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left.min(LIVENESS_POLL)) {
+                Ok(Delivery::Data(frame)) => {
+                    return frame
+                        .message()
+                        .map(Some)
+                        .map_err(|source| self.link.protocol(&x, source))
+                }
+                Ok(Delivery::End(message)) => {
+                    self.ended = true;
+                    let message = message.map_err(|source| self.link.protocol(&x, source))?;
+                    return match message {
+                        Message::Response(Response::Error(source)) => Err(LinkError::Agent {
+                            vm: self.link.inner.vm.clone(),
+                            op: x.op,
+                            channel: x.channel,
+                            source,
+                        }),
+                        other => Ok(Some(other)),
+                    };
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.link.check_alive(&x)?;
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.ended = true;
+                    // As in `Link::wait`: the VM's own account first.
+                    return Err(self.link.wait::<Delivery>(&self.rx, &x).err().unwrap_or(
+                        LinkError::Disconnected {
+                            vm: self.link.inner.vm.clone(),
+                            op: x.op,
+                            channel: x.channel,
+                            reason: "the connection was replaced".to_string(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LinkStream {
+    fn drop(&mut self) {
+        {
+            let mut state = lock(&self.link.inner.state);
+            state.streams.remove(&self.channel);
+            if state
+                .pending
+                .get(&self.channel)
+                .is_some_and(|p| p.seq == self.seq)
+            {
+                state.pending.remove(&self.channel);
+            }
+        }
+        if !self.ended {
+            self.link.cancel_in_guest(self.channel, self.seq);
+        }
+    }
+}
+
 /// What a waiter receives: a routed message or the handshake's agent version.
 trait DeliveryResult {
     type Value;
@@ -795,7 +956,7 @@ fn read_loop(
         loop {
             let (channel, seq, delivery) = match reader.next_frame() {
                 Ok(None) => break,
-                Ok(Some(frame)) if frame.payload.first() == Some(&TAG_DATA) => {
+                Ok(Some(frame)) if frame.payload.first().is_some_and(|t| is_partial_answer(*t)) => {
                     (frame.channel, frame.seq, Delivery::Data(frame))
                 }
                 Ok(Some(frame)) => (frame.channel, frame.seq, Delivery::End(frame.message())),
