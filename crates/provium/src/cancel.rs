@@ -59,12 +59,17 @@ struct State {
     /// The running sub-test, its start and its own limit.
     subtest: Option<(String, Instant, Option<Duration>)>,
     interrupted: Option<&'static str>,
+    /// Since when the file's clocks are stopped (a person is in `vm:shell()`).
+    paused: Option<Instant>,
 }
 
 impl State {
     fn stop(&self, now: Instant) -> Option<Stop> {
         if let Some(signal) = self.interrupted {
             return Some(Stop::Interrupted { signal });
+        }
+        if self.paused.is_some() {
+            return None;
         }
         if let (Some(started), Some(limit)) = (self.started, self.file_limit) {
             if now >= started + limit {
@@ -145,10 +150,42 @@ impl Cancel {
         self.lock().file_limit = limit;
     }
 
-    /// When the file's time runs out, if it has a limit.
+    /// When the file's time runs out, if it has a limit (none while paused).
     pub fn file_deadline(&self) -> Option<Instant> {
         let state = self.lock();
+        if state.paused.is_some() {
+            return None;
+        }
         Some(state.started? + state.file_limit?)
+    }
+
+    /// Stops the file's and the sub-test's clocks until the guard drops: the time a
+    /// person spends in an interactive shell is not the test's. An interrupt still
+    /// stops the file.
+    pub fn pause(&self) -> Paused {
+        // This token (a fixture build's sub-tests) and the file's.
+        let mut tokens = vec![self.clone()];
+        if self.parent.is_some() {
+            tokens.push(self.root());
+        }
+        let held = tokens
+            .into_iter()
+            .map(|cancel| {
+                let mut state = cancel.lock();
+                let outer = state.paused.is_some();
+                state.paused.get_or_insert_with(Instant::now);
+                drop(state);
+                (cancel, outer)
+            })
+            .collect();
+        Paused { held }
+    }
+
+    fn root(&self) -> Cancel {
+        match &self.parent {
+            Some(parent) => parent.root(),
+            None => self.clone(),
+        }
     }
 
     /// A sub-test starts, with its own limit if it has one.
@@ -167,6 +204,33 @@ impl Cancel {
     /// Stops the file at its next checkpoint (the run was interrupted).
     pub fn interrupt(&self, signal: &'static str) {
         self.lock().interrupted = Some(signal);
+    }
+}
+
+/// The clocks of a paused file run again when this drops, shifted by the pause.
+pub struct Paused {
+    /// Each token paused, and whether it already was (a pause inside another leaves
+    /// the clocks to the outer one).
+    held: Vec<(Cancel, bool)>,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for (cancel, outer) in &self.held {
+            if *outer {
+                continue;
+            }
+            let mut state = cancel.lock();
+            if let Some(since) = state.paused.take() {
+                let pause = since.elapsed();
+                if let Some(started) = &mut state.started {
+                    *started += pause;
+                }
+                if let Some((_, started, _)) = &mut state.subtest {
+                    *started += pause;
+                }
+            }
+        }
     }
 }
 
@@ -222,6 +286,36 @@ pub fn sleep(duration: Duration) -> Result<(), Stop> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_stops_the_clocks_but_not_an_interrupt() {
+        let cancel = Cancel::for_file(Some(Duration::from_millis(100)));
+        cancel.enter_subtest("t", Some(Duration::from_millis(60)));
+        std::thread::sleep(Duration::from_millis(40));
+        {
+            let _paused = cancel.pause();
+            let _inner = cancel.pause();
+            assert_eq!(cancel.file_deadline(), None);
+            std::thread::sleep(Duration::from_millis(120));
+            assert_eq!(cancel.check(), Ok(()), "no limit runs out while paused");
+        }
+        // 40 ms of the file's 100 and the sub-test's 60 were used before the pause.
+        assert_eq!(cancel.check(), Ok(()));
+        assert!(cancel.file_deadline().unwrap() > Instant::now() + Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            cancel.check().unwrap_err().to_string(),
+            "timed out after 60ms"
+        );
+
+        let child = Cancel::child(&cancel);
+        let _paused = child.pause();
+        cancel.interrupt("SIGINT");
+        assert_eq!(
+            child.check().unwrap_err().to_string(),
+            "interrupted by SIGINT"
+        );
+    }
 
     #[test]
     fn limits_fire_and_name_their_sub_test() {

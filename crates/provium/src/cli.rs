@@ -1,5 +1,5 @@
-//! Command-line interface: argument parsing, the commands (`test`, `list`, `prepare`,
-//! `kconfig`, `lsp-setup`, `version`), and the process exit codes (all of them defined
+//! Command-line interface: argument parsing, the commands (`test`, `list`, `shell`,
+//! `prepare`, `kconfig`, `lsp-setup`, `version`), and the process exit codes (all of them defined
 //! here, in [`Exit`]). Runs themselves belong to the engine; this module turns flags
 //! into its inputs and its events into the terminal report.
 
@@ -31,6 +31,8 @@ pub enum Exit {
     Interrupted,
     /// Bad arguments, a missing path, or any other error before or around the run.
     Error,
+    /// `provium shell`: the shell's own exit status.
+    Status(i32),
 }
 
 impl Exit {
@@ -38,6 +40,7 @@ impl Exit {
         match self {
             Exit::Success => 0,
             Exit::TestsFailed | Exit::Interrupted | Exit::Error => 1,
+            Exit::Status(status) => status,
         }
     }
 }
@@ -62,6 +65,17 @@ Examples:
   provium list --partition count:2/4 tests/ the files of CI shard 2 of 4
   provium list --rerun-failed --json tests/ what --rerun-failed would run, as JSON lines";
 
+const SHELL_EXAMPLES: &str = "\
+Examples:
+  provium shell                              a shell in a VM of the default profile
+  provium shell mine --mem 2G --cpus 2       a VM of [profile.mine]
+  provium shell --fixture kacs               resume fixtures/kacs.lua's snapshot
+  provium shell --file /root/m.ko=out/m.ko   inject a file
+  provium shell -c 'uname -r'                run one command, exit with its status
+  echo 'dmesg | tail' | provium shell        run a script from stdin
+
+The VM powers off when the shell exits; Ctrl-C goes to the guest's foreground job.";
+
 /// A VM test harness for Linux kernel and system code.
 #[derive(Debug, Parser)]
 #[command(name = "provium", version, about, propagate_version = false)]
@@ -81,6 +95,10 @@ enum Command {
     /// Print the kernel config fragment a kernel needs to run under Provium with
     /// everything built in (merge it onto `make tinyconfig` or your own config).
     Kconfig,
+    /// Boot a VM (or resume a fixture) and attach a shell in it; exits with the
+    /// shell's status.
+    #[command(after_help = SHELL_EXAMPLES)]
+    Shell(ShellArgs),
     /// Run profiles' build commands and prepare everything their boots need on the
     /// host (modules, initramfs), without booting: every profile of provium.toml, or
     /// PROFILE.
@@ -171,6 +189,56 @@ struct TestArgs {
     /// Also write a KTAP (version 1) report to FILE, as kselftest and KUnit print it.
     #[arg(long, value_name = "FILE")]
     ktap: Option<PathBuf>,
+
+    /// When a sub-test or a file fails, open an interactive shell in the file's last
+    /// booted VM before anything is torn down; the file goes on when it exits. Needs a
+    /// terminal and -p 1.
+    #[arg(long)]
+    shell_on_failure: bool,
+}
+
+#[derive(Debug, Args)]
+struct ShellArgs {
+    /// The profile to boot [default: default].
+    #[arg(value_name = "PROFILE")]
+    profile: Option<String>,
+
+    /// Resume the fixture fixtures/NAME.lua (found from the current directory)
+    /// instead of booting.
+    #[arg(long, value_name = "NAME", conflicts_with = "profile")]
+    fixture: Option<String>,
+
+    /// The VM's memory (512M, 2G; a bare number is MiB) [default: 512M].
+    #[arg(long, value_name = "SIZE", conflicts_with = "fixture")]
+    mem: Option<String>,
+
+    /// The VM's vCPUs [default: 1].
+    #[arg(long, value_name = "N", value_parser = parse_count, conflicts_with = "fixture")]
+    cpus: Option<u32>,
+
+    /// Inject a host file into the guest before it boots. Repeatable.
+    #[arg(long = "file", value_name = "GUEST=HOST", value_parser = parse_injection, conflicts_with = "fixture")]
+    files: Vec<(String, String)>,
+
+    /// Start QEMU's gdb stub (the guest boots with nokaslr) and print how to attach.
+    #[arg(long, conflicts_with = "fixture")]
+    gdb: bool,
+
+    /// Run CMD without a pty and exit with its status (without -c, a stdin that is no
+    /// terminal is run as a script the same way).
+    #[arg(short = 'c', value_name = "CMD")]
+    command: Option<String>,
+}
+
+fn parse_injection(input: &str) -> Result<(String, String), String> {
+    match input.split_once('=') {
+        Some((guest, host)) if !guest.is_empty() && !host.is_empty() => {
+            Ok((guest.to_string(), host.to_string()))
+        }
+        _ => Err(format!(
+            "'{input}' is not GUEST=HOST (a guest path, '=', a host path)"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +359,7 @@ where
             print!("{}", crate::vm::KCONFIG_FRAGMENT);
             Ok(Exit::Success)
         }
+        Command::Shell(args) => shell(args),
         Command::Prepare { profile } => prepare(profile.as_deref()),
         Command::LspSetup { dir } => lsp_setup(dir),
     };
@@ -347,6 +416,12 @@ fn test(args: TestArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     };
     let dispatch = args.dispatch_options(&config);
+    if args.shell_on_failure && !(dispatch.sequential(files.len()) && crate::tty::interactive()) {
+        anyhow::bail!(
+            "--shell-on-failure needs a terminal and -p 1 (a shell opened in one of several \
+             files running at once, or with no one at the terminal, could only hang)"
+        );
+    }
     let plan = RunPlan {
         files,
         config,
@@ -354,6 +429,7 @@ fn test(args: TestArgs) -> anyhow::Result<Exit> {
         pool: args.pool_mode(),
         dispatch,
         partition: args.select.partition.zip(partition_info),
+        shell_on_failure: args.shell_on_failure,
     };
     let outputs = ReportFiles {
         junit: args.junit.clone(),
@@ -400,6 +476,30 @@ fn lsp_setup(dir: Option<PathBuf>) -> anyhow::Result<Exit> {
         println!("wrote {}", path.display());
     }
     Ok(Exit::Success)
+}
+
+/// `provium shell`: one VM, a shell in it, its status as provium's.
+fn shell(args: ShellArgs) -> anyhow::Result<Exit> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let config = config::load(&cwd)?;
+    let plan = engine::shell::ShellPlan {
+        config,
+        cwd,
+        runs_parent: runs::runs_parent(),
+        start: match args.fixture {
+            Some(name) => engine::shell::Start::Fixture(name),
+            None => engine::shell::Start::Boot {
+                profile: args.profile,
+                memory: args.mem,
+                cpus: args.cpus,
+                files: args.files,
+                gdb: args.gdb,
+            },
+        },
+        command: args.command,
+    };
+    let status = engine::shell::run(plan)?;
+    Ok(Exit::Status(status))
 }
 
 /// `provium prepare`: builds and host-side preparation, one line per ready profile.

@@ -68,9 +68,27 @@ pub struct RunContext {
     pub subnets: crate::net::SubnetAllocator,
     /// Numbers the networks' socket directories in the run directory.
     pub next_network: std::sync::atomic::AtomicUsize,
+    /// Whether and how `vm:shell()` may attach an interactive shell.
+    pub shell: ShellAccess,
+    /// The exit status of the last shell that ended (`provium shell` exits with it).
+    pub shell_status: std::sync::Mutex<Option<i32>>,
     /// Set when something makes the rest of the run pointless (a profile's build
     /// failed): the dispatcher starts no more files.
     stop: std::sync::Mutex<Option<String>>,
+}
+
+/// Whether a run may hand the terminal to a shell in a guest (`vm:shell()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellAccess {
+    /// Not on a terminal, or files run in parallel: `vm:shell()` raises at once, so
+    /// one left in a file can never hang CI.
+    Refused,
+    /// A sequential run (`-p 1`) on a terminal; `on_failure` is
+    /// `--shell-on-failure`.
+    Terminal { on_failure: bool },
+    /// `provium shell`: an interactive shell on a pty, or (`-c`, or stdin no
+    /// terminal) `command` or the script on stdin, without a pty.
+    Cli { command: Option<String>, pty: bool },
 }
 
 impl RunContext {
@@ -93,8 +111,16 @@ impl RunContext {
             events,
             subnets: crate::net::SubnetAllocator::new(),
             next_network: std::sync::atomic::AtomicUsize::new(0),
+            shell: ShellAccess::Refused,
+            shell_status: std::sync::Mutex::new(None),
             stop: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The same context, letting `vm:shell()` attach as `access` says.
+    pub fn with_shell(mut self, access: ShellAccess) -> RunContext {
+        self.shell = access;
+        self
     }
 
     /// Asks the dispatcher to start no more files, saying why (once).

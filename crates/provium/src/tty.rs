@@ -2,9 +2,42 @@
 //! mode that is always restored, the window size, and SIGWINCH. A low-level module:
 //! it knows nothing of VMs.
 
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Whether an interactive shell has the terminal: the live status line must not be
+/// drawn over it. The reporter draws under this lock, so taking the terminal waits
+/// for a line being drawn.
+static HELD: Mutex<bool> = Mutex::new(false);
+
+/// The terminal belongs to an interactive shell while this lives.
+pub struct TerminalHold(());
+
+/// Takes the terminal for an interactive shell: the status line stops being drawn,
+/// and the one on screen is erased.
+pub fn hold_terminal() -> TerminalHold {
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    *held = true;
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(b"\r\x1b[K");
+    let _ = out.flush();
+    TerminalHold(())
+}
+
+impl Drop for TerminalHold {
+    fn drop(&mut self) {
+        *HELD.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+}
+
+/// Runs `draw` unless a shell holds the terminal (then `None`); the live status line
+/// is drawn through this.
+pub fn unless_held<R>(draw: impl FnOnce() -> R) -> Option<R> {
+    let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    (!*held).then(draw)
+}
 
 /// Whether both stdin and stdout are terminals: what an interactive shell needs.
 pub fn interactive() -> bool {

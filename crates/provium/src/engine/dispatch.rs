@@ -44,6 +44,14 @@ pub struct DispatchOptions {
     pub timeout: Option<Duration>,
 }
 
+impl DispatchOptions {
+    /// Whether a run of `files` files runs one file at a time (`-p 1`, or a single
+    /// file), so a file may take the terminal (`vm:shell()`).
+    pub fn sequential(&self, files: usize) -> bool {
+        self.jobs == Some(1) || files <= 1
+    }
+}
+
 /// Default `-p`: half the CPUs, at least 2.
 pub fn default_jobs() -> usize {
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
@@ -61,8 +69,8 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
 }
 
-/// Routes SIGINT and SIGTERM to the dispatcher, which stops the run, kills every
-/// QEMU and prints the summary of what finished.
+/// Routes SIGINT, SIGTERM and SIGHUP (the terminal closed) to the dispatcher, which
+/// stops the run, kills every QEMU and prints the summary of what finished.
 pub fn install_signal_handlers() {
     let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: the handler only stores to an atomic and resets the disposition, both
@@ -70,14 +78,17 @@ pub fn install_signal_handlers() {
     unsafe {
         libc::signal(libc::SIGINT, handler);
         libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGHUP, handler);
     }
 }
 
-fn pending_signal() -> Option<&'static str> {
+/// The stopping signal received since the handlers were installed, if any.
+pub fn pending_signal() -> Option<&'static str> {
     match PENDING_SIGNAL.load(Ordering::SeqCst) {
         0 => None,
         libc::SIGINT => Some("SIGINT"),
         libc::SIGTERM => Some("SIGTERM"),
+        libc::SIGHUP => Some("SIGHUP"),
         _ => Some("a signal"),
     }
 }

@@ -10,6 +10,7 @@
 pub mod dispatch;
 pub mod prepare;
 pub mod select;
+pub mod shell;
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
@@ -18,7 +19,7 @@ use crate::config::Config;
 use crate::discover::TestFile;
 use crate::pool::{Pool, PoolMode};
 use crate::report::{Event, PartitionInfo, RunSummary};
-use crate::runs::{self, RunContext, RunDir, RunEvents, RunsError};
+use crate::runs::{self, RunContext, RunDir, RunEvents, RunsError, ShellAccess};
 use crate::vm::host::HostCache;
 pub use dispatch::DispatchOptions;
 pub use select::{select, Filters, Partition, SelectError, Selection};
@@ -33,6 +34,8 @@ pub struct RunPlan {
     pub dispatch: DispatchOptions,
     /// `--partition`: the shard, and what the header says of it.
     pub partition: Option<(Partition, PartitionInfo)>,
+    /// `--shell-on-failure` (the CLI checked it has a terminal and `-p 1`).
+    pub shell_on_failure: bool,
 }
 
 /// Runs `plan`, sending every event to `emit`, and returns the summary (also sent as
@@ -45,13 +48,25 @@ pub fn run(plan: RunPlan, mut emit: impl FnMut(Event)) -> Result<RunSummary, Run
     let (events, events_rx) = mpsc::channel::<Event>();
     let events = RunEvents::new(events);
     let notices = events.clone();
-    let ctx = Arc::new(RunContext::new(
-        run_dir.clone(),
-        plan.config,
-        Pool::new(plan.pool),
-        HostCache::new(Box::new(move |notice| notices.send(Event::Notice(notice)))),
-        events,
-    ));
+    // `vm:shell()` needs the terminal to itself: a sequential run (`-p 1`, or one
+    // file) on one.
+    let shell = if plan.dispatch.sequential(plan.files.len()) && crate::tty::interactive() {
+        ShellAccess::Terminal {
+            on_failure: plan.shell_on_failure,
+        }
+    } else {
+        ShellAccess::Refused
+    };
+    let ctx = Arc::new(
+        RunContext::new(
+            run_dir.clone(),
+            plan.config,
+            Pool::new(plan.pool),
+            HostCache::new(Box::new(move |notice| notices.send(Event::Notice(notice)))),
+            events,
+        )
+        .with_shell(shell),
+    );
 
     emit(Event::RunStarted {
         total_files: plan.files.len(),

@@ -97,6 +97,9 @@ pub(crate) struct LuaFile<'a> {
     pub index: usize,
     pub attempt: u32,
     pub cancel: Cancel,
+    /// The script itself, when it is not read from `file.path` (`provium shell`
+    /// generates one).
+    pub source: Option<&'a str>,
 }
 
 /// Runs `file` through the whole life cycle on the calling thread, with its `cancel`
@@ -115,6 +118,7 @@ pub(crate) fn run_lua_file<T>(
         index,
         attempt,
         cancel,
+        source,
     } = file;
     let _entered = cancel::enter(&cancel);
     let log_path = run.run_dir.attempt_log_path(&file.name, attempt);
@@ -137,7 +141,7 @@ pub(crate) fn run_lua_file<T>(
     let lua = unsafe { Lua::unsafe_new() };
     lua.set_app_data(Rc::clone(&ctx));
     interrupt_when_stopped(&lua, cancel.clone());
-    let mut execution = execute(&lua, file, modules).unwrap_or_else(|e| Execution {
+    let mut execution = execute(&lua, file, source, modules).unwrap_or_else(|e| Execution {
         record: Record::default(),
         error: Some(FileError {
             shown: format!("internal error: {}", root_cause(&e)),
@@ -201,6 +205,7 @@ pub fn run_file(
         index,
         attempt,
         cancel,
+        source: None,
     };
     run_file_with(run, spec, PROVIUM_MODULES)
 }
@@ -223,7 +228,13 @@ pub(crate) fn run_file_with(
         file.path.display(),
         run.run_dir.path().display()
     );
-    let finished = run_lua_file(&run, spec, &header, modules, |_, _, _| ());
+    // --shell-on-failure: a file that failed outside test() gets its shell here, with
+    // its VMs still up.
+    let finished = run_lua_file(&run, spec, &header, modules, |_, ctx, execution| {
+        if let (Some(error), None) = (&execution.error, &execution.stopped) {
+            super::vm_shell::on_failure(ctx, &format!("{} failed: {}", ctx.name(), error.shown));
+        }
+    });
     let Execution {
         record,
         error,
@@ -321,6 +332,7 @@ fn file_outcome(record: &Record, error: Option<&FileError>) -> Outcome {
 pub(crate) fn execute(
     lua: &Lua,
     file: &TestFile,
+    given: Option<&str>,
     modules: &[ModuleInstaller],
 ) -> mlua::Result<Execution> {
     let framework = Framework::install(lua)?;
@@ -332,7 +344,11 @@ pub(crate) fn execute(
         logged: message,
         outcome: Outcome::Failed,
     };
-    let mut source = match fs::read(&file.path) {
+    let read = match given {
+        Some(text) => Ok(text.as_bytes().to_vec()),
+        None => fs::read(&file.path),
+    };
+    let mut source = match read {
         Ok(source) => source,
         Err(e) => {
             return Ok(Execution {
@@ -501,6 +517,7 @@ mod tests {
             index: 0,
             attempt: 1,
             cancel: Cancel::for_file(None),
+            source: None,
         };
         let report = run_file_with(
             Arc::clone(&run),

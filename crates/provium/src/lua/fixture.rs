@@ -161,6 +161,7 @@ fn build(
         cancel: cancel::current()
             .map(|requester| Cancel::child(&requester))
             .unwrap_or_default(),
+        source: None,
     };
     let finished = run_lua_file(run, spec, &header, PROVIUM_MODULES, |_, ctx, ran| {
         script_error(ran)?;

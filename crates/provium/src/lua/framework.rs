@@ -396,6 +396,10 @@ fn register_test_hooks(lua: &Lua, hooks: &Table, state: &Rc<RefCell<State>>) -> 
                     }
                 }
                 log(lua, &entry);
+                if let (Some(ctx), Outcome::Failed | Outcome::Error) = (&ctx, &outcome) {
+                    let why = message.as_deref().unwrap_or("failed");
+                    super::vm_shell::on_failure(ctx, &format!("sub-test '{name}' failed: {why}"));
+                }
                 let report = SubtestReport {
                     name,
                     outcome,

@@ -19,6 +19,7 @@ pub mod vm_api;
 pub mod vm_args;
 pub mod vm_handle;
 pub mod vm_kernel;
+pub mod vm_shell;
 pub mod vm_values;
 
 use std::cell::RefCell;

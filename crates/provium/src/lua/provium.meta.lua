@@ -157,6 +157,13 @@ function VM:wait_until(fn, opts) end
 ---Powers the guest off (waits up to 10 s, then kills QEMU).
 function VM:shutdown() end
 
+---A breakpoint: an interactive shell in this VM (a worker: in a process descending
+---from the worker) on the terminal, with the test and its timeout paused until the
+---shell exits. Needs a terminal and a sequential run (`-p 1`, or one file); raises
+---at once otherwise. Returns the shell's exit status.
+---@return integer
+function VM:shell() end
+
 ---Kills QEMU (a worker: ends the worker).
 function VM:kill() end
 

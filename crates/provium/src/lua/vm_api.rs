@@ -86,6 +86,7 @@ const METHODS: &[(&str, Method)] = &[
     ("read_file", read_file),
     ("dmesg", dmesg),
     ("mount_vfs", mount_vfs),
+    ("shell", super::vm_shell::shell),
     ("shutdown", shutdown),
     ("ip", |lua, this, a| nic_field(lua, this, a, "ip")),
     ("mac", |lua, this, a| nic_field(lua, this, a, "mac")),
@@ -640,6 +641,7 @@ mod tests {
             index: 0,
             attempt: 1,
             cancel: crate::cancel::Cancel::for_file(None),
+            source: None,
         };
         super::super::file::run_file_with(run, spec, &[super::super::pack::install, install])
     }

@@ -48,6 +48,10 @@ pub enum VmApiError {
         profile: String,
         source: crate::vm::kernel::KernelError,
     },
+    #[error("{subject}: {op} needs a terminal and -p 1 (it waits for a person at the terminal: run the file with -p 1 from one)")]
+    ShellRefused { subject: String, op: &'static str },
+    #[error("{subject}: shell takes no arguments")]
+    ShellArgs { subject: String },
     #[error("VM {vm}: boot: {reason}")]
     BootOption { vm: String, reason: String },
     #[error("{worker}: {op} is not available on a worker (a worker lives and ends with its VM; end it with worker:kill())")]

@@ -171,10 +171,16 @@ impl<W: Write> Reporter<W> {
             self.started.elapsed(),
             self.width,
         );
-        self.out
-            .write_all(format!("{ERASE_LINE}{line}").as_bytes())?;
-        self.out.flush()?;
-        self.status_drawn_at = Some(Instant::now());
+        // Not over an interactive shell (`vm:shell()`), which has the terminal.
+        let out = &mut self.out;
+        let drawn = crate::tty::unless_held(|| {
+            out.write_all(format!("{ERASE_LINE}{line}").as_bytes())?;
+            out.flush()
+        });
+        if let Some(result) = drawn {
+            result?;
+            self.status_drawn_at = Some(Instant::now());
+        }
         Ok(())
     }
 }

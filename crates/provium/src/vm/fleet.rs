@@ -255,7 +255,8 @@ impl Fleet {
         })
     }
 
-    /// The most recently created VM that is running.
+    /// The most recently created VM that is running (`--shell-on-failure` opens its
+    /// shell there).
     pub fn last_running(&self) -> Option<Rc<VmHandle>> {
         self.handles
             .borrow()

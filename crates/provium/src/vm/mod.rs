@@ -20,6 +20,7 @@ pub mod machine;
 pub mod modules;
 pub mod options;
 pub mod qemu;
+pub mod shell;
 pub mod snapshot;
 
 use std::any::Any;
