@@ -195,7 +195,11 @@ fn bad_kernels_and_initrds_are_named() {
     fs::write(&vmlinux, b"\x7fELF\x02\x01\x01not a bzImage at all").unwrap();
     profile.kernel = vmlinux;
     let message = boot_error(VmConfig::new("k2", profile.clone(), dir.path())).to_string();
-    assert!(message.contains("not an x86 bzImage"), "{message}");
+    assert!(
+        message.contains("vmlinux ELF without a PVH entry note")
+            && message.contains("CONFIG_PVH=y"),
+        "{message}"
+    );
 
     let mut profile = default_profile();
     profile.name = "rawdisk".into();
