@@ -4,8 +4,8 @@
 //! exactly these (and rewrites it with `PROVIUM_FUZZ_WRITE_SEEDS=1`).
 
 use provium_proto::{
-    encode_message, AgentError, IoctlPtr, Message, PtrPatch, Request, Response, SyscallBuf,
-    MAX_PAYLOAD, PROTOCOL_VERSION,
+    encode_message, AgentError, IoctlPtr, Message, PtrPatch, PtySize, Request, Response,
+    SyscallBuf, MAX_PAYLOAD, PROTOCOL_VERSION,
 };
 
 /// One seed: its target, its file name, its bytes.
@@ -144,6 +144,22 @@ pub fn requests() -> Vec<(&'static str, Request)> {
         ("quiesce", Request::Quiesce),
         ("ping", Request::Ping),
         ("cancel", Request::Cancel { seq: 7 }),
+        (
+            "session_pty",
+            Request::Session {
+                command: "exec /bin/sh -l".into(),
+                pty: Some(PtySize { rows: 24, cols: 80 }),
+                term: "xterm".into(),
+            },
+        ),
+        (
+            "session_pipes",
+            Request::Session {
+                command: "uname -r".into(),
+                pty: None,
+                term: String::new(),
+            },
+        ),
     ]
 }
 
@@ -272,11 +288,13 @@ pub fn responses() -> Vec<(&'static str, Response)> {
         ),
         ("quiesced", Response::Quiesced),
         ("pong", Response::Pong),
+        ("session_ended", Response::SessionEnded { exit_code: 129 }),
     ];
     all.extend(errors.into_iter().map(|(n, e)| (n, Response::Error(e))));
     all
 }
 
+/// The messages outside requests and responses: the handshake, credit, session traffic.
 fn handshake() -> Vec<(&'static str, Message)> {
     vec![
         (
@@ -292,6 +310,26 @@ fn handshake() -> Vec<(&'static str, Message)> {
             },
         ),
         ("credit", Message::Credit { bytes: 4096 }),
+        (
+            "input",
+            Message::Input {
+                bytes: b"ls\r".to_vec(),
+            },
+        ),
+        (
+            "resize",
+            Message::Resize {
+                rows: 50,
+                cols: 132,
+            },
+        ),
+        (
+            "output",
+            Message::Output {
+                stream: provium_proto::STDERR,
+                bytes: b"$ ".to_vec(),
+            },
+        ),
     ]
 }
 
