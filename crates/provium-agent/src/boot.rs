@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use provium_proto::AGENT_ENDED;
 
+use crate::channel::Mode;
 use crate::files;
 use crate::log::{self, log};
 use crate::net;
 use crate::port;
 use crate::router::Router;
-use crate::serve::Mode;
 use crate::sys;
 
 /// PATH for commands when the agent is the whole userspace.

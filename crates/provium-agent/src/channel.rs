@@ -13,10 +13,18 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use provium_proto::{encode_message, Frame, FrameReader, Message, Response};
+use provium_proto::{encode_message, Frame, FrameReader, Message, Request, Response};
 
 use crate::log::log;
 use crate::sys;
+
+/// Where the agent runs: in a guest, or on the host for testing (`--serve-unix`),
+/// where powering off or mounting over `/dev` would hit the host itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Guest,
+    Host,
+}
 
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -251,5 +259,17 @@ impl Outbox for SocketOutbox {
 
     fn channel(&self) -> u32 {
         self.channel
+    }
+}
+
+/// The request a `Cancel` frame cancels; `None` for any other frame, which is not
+/// decoded here (it may be a large `Data` frame).
+pub fn cancel_of(frame: &Frame) -> Option<u32> {
+    if frame.payload.first() != Some(&Request::Cancel { seq: 0 }.tag()) {
+        return None;
+    }
+    match frame.message() {
+        Ok(Message::Request(Request::Cancel { seq })) => Some(seq),
+        _ => None,
     }
 }

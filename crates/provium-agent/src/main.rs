@@ -24,9 +24,9 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 
+use crate::channel::Mode;
 use crate::log::log;
 use crate::router::{LinkKind, Router};
-use crate::serve::Mode;
 
 const USAGE: &str = "usage: provium-agent            (as the guest's rdinit, PID 1)
        provium-agent --serve-unix PATH   (host testing: serve on a unix socket)";

@@ -36,9 +36,10 @@ use provium_proto::{
     PROTOCOL_VERSION, TAG_DATA, TAG_INPUT, TAG_RESIZE, UART_DATA_CHUNK,
 };
 
+use crate::channel::Mode;
 use crate::channel::{encode_answer, lock, Mailbox, Outbox, SocketInbox, SocketOutbox};
 use crate::log::{self, log};
-use crate::serve::{self, Mode};
+use crate::serve;
 use crate::sys;
 
 /// What carries the link; decides what end-of-file means.

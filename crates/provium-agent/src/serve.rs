@@ -7,19 +7,11 @@ use std::collections::VecDeque;
 
 use provium_proto::{seal_data_frame, AgentError, Frame, Message, Request, Response};
 
-use crate::channel::{Inbox, Outbox};
+use crate::channel::{cancel_of, Inbox, Mode, Outbox};
 use crate::exec::{self, Jobs, Watch};
 use crate::files::{self, Upload};
 use crate::session;
 use crate::syscall;
-
-/// Where the agent runs: in a guest, or on the host for testing (`--serve-unix`),
-/// where powering off or mounting over `/dev` would hit the host itself.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Guest,
-    Host,
-}
 
 struct Worker<'a> {
     mode: Mode,
@@ -206,16 +198,4 @@ fn read_while_busy(inbox: &mut dyn Inbox, queued: &mut VecDeque<Frame>, busy: u3
         }
     }
     cancelled
-}
-
-/// The request a `Cancel` frame cancels; `None` for any other frame, which is not
-/// decoded here (it may be a large `Data` frame).
-pub fn cancel_of(frame: &Frame) -> Option<u32> {
-    if frame.payload.first() != Some(&Request::Cancel { seq: 0 }.tag()) {
-        return None;
-    }
-    match frame.message() {
-        Ok(Message::Request(Request::Cancel { seq })) => Some(seq),
-        _ => None,
-    }
 }

@@ -15,8 +15,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use provium_proto::{AgentError, Frame, Message, PtySize, Response, STDERR, STDOUT};
 
+use crate::channel::Mode;
 use crate::channel::{Inbox, Outbox};
-use crate::serve::Mode;
 use crate::sys;
 
 /// What the session's command is started with.
@@ -470,7 +470,7 @@ impl Pump {
             if !is_session_frame(&frame) {
                 // A cancel of this session, or a frame for the serve loop (the next
                 // request may arrive right behind the cancel).
-                match crate::serve::cancel_of(&frame) {
+                match crate::channel::cancel_of(&frame) {
                     Some(seq) if seq == self.seq => heard = Heard::Stop,
                     _ => queued.push_back(frame),
                 }
