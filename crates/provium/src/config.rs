@@ -52,7 +52,7 @@ pub struct Profile {
     /// A shell command run once per run, from the project root, before the first boot.
     pub build: Option<String>,
     /// `pc` or `microvm`; `None`: Provium chooses.
-    pub machine: Option<crate::vm::machine::Machine>,
+    pub machine: Option<Machine>,
 }
 
 #[derive(Debug, Error)]
@@ -409,13 +409,13 @@ fn parse_profile(
     }
     let machine = match string("machine")? {
         None => None,
-        Some(value) => Some(crate::vm::machine::Machine::parse(&value).ok_or_else(|| {
-            ConfigError::BadMachine {
+        Some(value) => Some(
+            Machine::parse(&value).ok_or_else(|| ConfigError::BadMachine {
                 path: path.to_path_buf(),
                 profile: name.to_string(),
                 value,
-            }
-        })?),
+            })?,
+        ),
     };
     Ok(Profile {
         name: name.to_string(),
@@ -492,6 +492,44 @@ impl Config {
     /// `path` resolved against the project root (absolute paths stay as they are).
     pub fn resolve(&self, path: impl AsRef<Path>) -> PathBuf {
         self.root.join(path)
+    }
+}
+
+/// A profile's `machine`: the QEMU machine model its VMs boot on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Machine {
+    Pc,
+    Microvm,
+}
+
+impl Machine {
+    /// The profile key's values.
+    pub fn parse(text: &str) -> Option<Machine> {
+        match text {
+            "pc" => Some(Machine::Pc),
+            "microvm" => Some(Machine::Microvm),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Pc => "pc",
+            Machine::Microvm => "microvm",
+        }
+    }
+
+    /// The virtio device model of a kind (`serial`, `blk`, `net`) on this machine.
+    pub fn virtio(self, kind: &str) -> String {
+        match self {
+            Machine::Pc => format!("virtio-{kind}-pci"),
+            Machine::Microvm => format!("virtio-{kind}-device"),
+        }
+    }
+
+    /// Whether the machine has the second UART the agent falls back to.
+    pub fn has_fallback_uart(self) -> bool {
+        self == Machine::Pc
     }
 }
 

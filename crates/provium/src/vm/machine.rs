@@ -20,42 +20,8 @@ use thiserror::Error;
 
 use super::kernel::{self, KernelError, KernelImage};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Machine {
-    Pc,
-    Microvm,
-}
-
-impl Machine {
-    /// The profile key's values.
-    pub fn parse(text: &str) -> Option<Machine> {
-        match text {
-            "pc" => Some(Machine::Pc),
-            "microvm" => Some(Machine::Microvm),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Machine::Pc => "pc",
-            Machine::Microvm => "microvm",
-        }
-    }
-
-    /// The virtio device model of a kind (`serial`, `blk`, `net`) on this machine.
-    pub fn virtio(self, kind: &str) -> String {
-        match self {
-            Machine::Pc => format!("virtio-{kind}-pci"),
-            Machine::Microvm => format!("virtio-{kind}-device"),
-        }
-    }
-
-    /// Whether the machine has the second UART the agent falls back to.
-    pub fn has_fallback_uart(self) -> bool {
-        self == Machine::Pc
-    }
-}
+/// The profile key's value (defined with the configuration, which the VM layer reads).
+pub use crate::config::Machine;
 
 /// The machine and firmware a profile's VMs boot with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
