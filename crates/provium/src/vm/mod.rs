@@ -262,6 +262,10 @@ pub struct Prepared {
 /// build tree), the base initramfs and the modules disk. `provium prepare` runs it
 /// alone; every boot runs it first (cheap once cached).
 pub fn prepare(profile: &BootProfile) -> Result<Prepared, BootError> {
+    // Files boot in parallel: one at a time builds what the cache lacks (the others
+    // then find it), since the builders write temporaries named by the process.
+    static PREPARING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = PREPARING.lock().unwrap_or_else(|e| e.into_inner());
     let release = kernel::kernel_version(&profile.kernel).map_err(|source| BootError::Kernel {
         profile: profile.name.clone(),
         source,
