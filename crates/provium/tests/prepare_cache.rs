@@ -17,7 +17,7 @@ fn parallel_prepares_on_a_cold_cache_all_succeed() {
     let preparing: Vec<_> = (0..4)
         .map(|_| {
             let profile = profile.clone();
-            std::thread::spawn(move || vm::prepare(&profile))
+            std::thread::spawn(move || vm::prepare(&profile).map_err(|e| e.to_string()))
         })
         .collect();
     let mut disks = Vec::new();
