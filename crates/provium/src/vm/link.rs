@@ -40,6 +40,26 @@ const CANCEL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// well below that. The agent credits every 4 KiB it reads (`CREDIT_BATCH`).
 pub const UART_WINDOW: u64 = 16 * 1024;
 
+/// The agent's credit batch (`CREDIT_BATCH` in its router): a window below it would
+/// wait for a credit that never comes.
+const AGENT_CREDIT_BATCH: u64 = 4 * 1024;
+
+/// The window in use: [`UART_WINDOW`], or `PROVIUM_UART_WINDOW` (bytes, at least the
+/// agent's 4 KiB credit batch) for measuring other sizes (docs/benchmarks.md, "UART
+/// flow control, measured").
+fn uart_window() -> u64 {
+    static WINDOW: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *WINDOW.get_or_init(|| window_from(std::env::var("PROVIUM_UART_WINDOW").ok().as_deref()))
+}
+
+/// The window a `PROVIUM_UART_WINDOW` value asks for; the default when it is unset or
+/// no number, never below the agent's credit batch.
+fn window_from(value: Option<&str>) -> u64 {
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(UART_WINDOW, |w| w.max(AGENT_CREDIT_BATCH))
+}
+
 /// A failed exchange with the agent; every variant names the VM and the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -274,7 +294,7 @@ impl Link {
     /// nothing else stops the host from overrunning the guest tty). The window
     /// restarts at [`UART_WINDOW`] with each handshake.
     pub fn pace_for_uart(&self) {
-        lock(&self.inner.state).credit = Some(UART_WINDOW);
+        lock(&self.inner.state).credit = Some(uart_window());
     }
 
     /// The VM name errors carry.
@@ -976,7 +996,7 @@ fn read_loop(
                 // only during a handshake, before any paced byte, since a late answer
                 // to an earlier Hello would otherwise refill a window in use.
                 if st.hello.is_some() && st.credit.is_some() {
-                    st.credit = Some(UART_WINDOW);
+                    st.credit = Some(uart_window());
                     credit_changed.notify_all();
                 }
                 if let Some(tx) = &st.hello {
@@ -1065,6 +1085,14 @@ mod tests {
             }
             _ => None,
         }
+    }
+
+    #[test]
+    fn the_uart_window_can_be_set_for_measurements_but_not_below_the_batch() {
+        assert_eq!(window_from(None), UART_WINDOW);
+        assert_eq!(window_from(Some("65536")), 65536);
+        assert_eq!(window_from(Some("2048")), AGENT_CREDIT_BATCH);
+        assert_eq!(window_from(Some("lots")), UART_WINDOW);
     }
 
     #[test]
