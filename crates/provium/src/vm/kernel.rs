@@ -87,6 +87,14 @@ fn elf_facts(path: &Path) -> Result<ElfFacts, KernelError> {
     {
         return Ok(facts.clone());
     }
+    let remembered = facts_file(&super::default_profile::cache_dir(), &key);
+    if let Some(facts) = read_facts(&remembered) {
+        elf_cache()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, facts.clone());
+        return Ok(facts);
+    }
     let data = fs::read(path).map_err(read_err)?;
     if !has_pvh_note(&data) {
         return Err(KernelError::NoPvhNote {
@@ -110,11 +118,46 @@ fn elf_facts(path: &Path) -> Result<ElfFacts, KernelError> {
         KernelImage::PvhElf,
         String::from_utf8_lossy(&rest[..end]).into_owned(),
     );
+    write_facts(&remembered, &facts);
     elf_cache()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, facts.clone());
     Ok(facts)
+}
+
+/// Where the facts of a vmlinux are kept between runs, named by its identity (path,
+/// size, modification time): each `provium` process would otherwise read the whole
+/// ELF once (~80 ms of a boot that takes 0.7 s on the fast path).
+fn facts_file(cache: &Path, key: &FileKey) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    cache
+        .join("kernels")
+        .join(format!("vmlinux-{:016x}", hasher.finish()))
+}
+
+/// The remembered facts: `pvh <release>`; `None` when absent or not in that form.
+fn read_facts(file: &Path) -> Option<ElfFacts> {
+    let text = fs::read_to_string(file).ok()?;
+    let release = text.trim_end().strip_prefix("pvh ")?;
+    (!release.is_empty() && !release.contains(char::is_whitespace))
+        .then(|| (KernelImage::PvhElf, release.to_string()))
+}
+
+/// Best effort: a cache that cannot be written only costs the next run a read.
+fn write_facts(file: &Path, facts: &ElfFacts) {
+    let Some(dir) = file.parent() else { return };
+    if fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = file.with_extension(format!("{}-{n}.tmp", std::process::id()));
+    if fs::write(&temp, format!("pvh {}\n", facts.1)).is_ok() && fs::rename(&temp, file).is_err() {
+        let _ = fs::remove_file(&temp);
+    }
 }
 
 /// Tells a bzImage from a PVH-bootable ELF (an ELF without the note is an error that
@@ -448,6 +491,27 @@ mod tests {
             .copy_from_slice(&pointer.to_le_bytes());
         image[0x3000..0x3000 + version.len()].copy_from_slice(version.as_bytes());
         image
+    }
+
+    #[test]
+    fn a_vmlinux_is_read_once_and_its_facts_remembered_between_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let key: FileKey = (dir.path().join("vmlinux"), 41_783_296, 1_700_000_000, 5);
+        let file = facts_file(dir.path(), &key);
+        assert_eq!(read_facts(&file), None);
+        write_facts(&file, &(KernelImage::PvhElf, "6.1.192-provium".to_string()));
+        assert_eq!(
+            read_facts(&file),
+            Some((KernelImage::PvhElf, "6.1.192-provium".to_string()))
+        );
+        // Another version of the file (rebuilt: new size or time) is another entry.
+        let rebuilt: FileKey = (key.0.clone(), key.1, key.2, key.3 + 1);
+        assert_ne!(facts_file(dir.path(), &rebuilt), file);
+        // Anything but the expected form is ignored (read again from the ELF).
+        fs::write(&file, "garbage").unwrap();
+        assert_eq!(read_facts(&file), None);
+        fs::write(&file, "pvh \n").unwrap();
+        assert_eq!(read_facts(&file), None);
     }
 
     #[test]
