@@ -72,6 +72,7 @@ pub fn run(
     let exited = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let mut pump = Pump {
         seq,
+        pid,
         ends,
         pending_input: Vec::new(),
         close_input_when_written: false,
@@ -279,6 +280,8 @@ fn kill_group(pid: i32, signal: i32) {
 
 struct Pump {
     seq: u32,
+    /// The command: the session's leader.
+    pid: i32,
     ends: Ends,
     /// Input the command has not read yet.
     pending_input: Vec<u8>,
@@ -508,11 +511,18 @@ impl Pump {
                 }
             }
             Ends::Pty { master, .. } => {
-                let mut sid: libc::pid_t = 0;
-                // SAFETY: TIOCGSID writes the session id into `sid`.
-                if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGSID, &mut sid) } == 0 {
-                    kill_group(sid, libc::SIGHUP);
+                // The terminal's foreground job (a job-control shell runs it in a group
+                // of its own), then the leader and its group — by pid, which also
+                // reaches a leader that has not made the terminal its own yet.
+                let mut foreground: libc::pid_t = 0;
+                // SAFETY: TIOCGPGRP writes the foreground process group into `foreground`.
+                if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPGRP, &mut foreground) } == 0
+                    && foreground > 0
+                {
+                    // SAFETY: kill takes no pointers.
+                    unsafe { libc::kill(-foreground, libc::SIGHUP) };
                 }
+                kill_group(self.pid, libc::SIGHUP);
             }
         }
     }

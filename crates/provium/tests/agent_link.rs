@@ -1031,6 +1031,14 @@ fn a_pty_session_has_its_size_term_and_a_controlling_terminal() {
 
 #[test]
 fn a_pty_session_ends_when_the_terminal_hangs_up() {
+    // Before its shell runs too: the leader is signalled by pid, not through the
+    // terminal's session (which it may not have taken yet).
+    for early in [true, false] {
+        pty_hang_up(early);
+    }
+}
+
+fn pty_hang_up(early: bool) {
     let agent = Agent::start();
     let client = client(&agent);
     let session = client
@@ -1040,8 +1048,11 @@ fn a_pty_session_ends_when_the_terminal_hangs_up() {
             term: "xterm".into(),
         })
         .unwrap();
-    session.send(b"echo ready\n").unwrap();
-    wait_for_output(&session, "ready");
+    if !early {
+        // A marker the shell computes: the terminal echoes the typed line at once.
+        session.send(b"echo ready-$((6*7))\n").unwrap();
+        wait_for_output(&session, "ready-42");
+    }
     session.hang_up().unwrap();
     let (_, _, code) = run_session(&session, T);
     assert_eq!(code, 128 + 1, "SIGHUP");
