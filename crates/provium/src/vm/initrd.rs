@@ -27,6 +27,9 @@ pub struct BaseInputs<'a> {
     /// Loaded only for a VM on a host network.
     pub net_modules: &'a ModulePlan,
     pub agent: &'a [u8],
+    /// A small modules tree (and its release) carried in the initramfs at
+    /// `/lib/modules/<release>` instead of on a disk ([`super::modules::INLINE_MAX`]).
+    pub inline_modules: Option<(&'a Path, &'a str)>,
 }
 
 /// Errors preparing a boot's initrd.
@@ -100,6 +103,10 @@ pub fn prepare_base(cache: &Path, inputs: &BaseInputs) -> Result<PathBuf, Initrd
     for module in &inputs.net_modules.modules {
         hasher.file(&module.path);
     }
+    if let Some((tree, release)) = inputs.inline_modules {
+        hasher.bytes(b"inline").bytes(release.as_bytes());
+        hash_tree(&mut hasher, tree);
+    }
     let safe_name: String = inputs
         .profile
         .chars()
@@ -149,16 +156,58 @@ pub fn prepare_base(cache: &Path, inputs: &BaseInputs) -> Result<PathBuf, Initrd
     let modules = load(inputs.modules)?;
     let net_modules = load(inputs.net_modules)?;
     let base = shim::base_shim(inputs.agent, inputs.init, &modules, &net_modules);
+    let inline = match inputs.inline_modules {
+        Some((tree, release)) => {
+            inline_modules_cpio(tree, release).map_err(|source| ShimError::Write {
+                path: tree.to_path_buf(),
+                source,
+            })?
+        }
+        None => Vec::new(),
+    };
     // Another provium may build the same image at once: each writes its own temp file
     // and the rename makes one of them the image, whole.
     let temp = target.with_extension(format!("img.{}.tmp", std::process::id()));
-    shim::write_concatenated(&temp, &[&user, &base])?;
+    shim::write_concatenated(&temp, &[&user, &base, &inline])?;
     fs::rename(&temp, &target).map_err(|source| ShimError::Write {
         path: target.clone(),
         source,
     })?;
     trim_cache(cache, KEEP_BASES);
     Ok(target)
+}
+
+/// Every file of a modules tree by path, size and modification time (as [`Fnv::file`]).
+fn hash_tree(hasher: &mut Fnv, dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        hasher.file(&path);
+        if path.is_dir() && !path.is_symlink() {
+            hash_tree(hasher, &path);
+        }
+    }
+}
+
+/// A newc archive holding `tree` at `lib/modules/<release>/`.
+fn inline_modules_cpio(tree: &Path, release: &str) -> std::io::Result<Vec<u8>> {
+    use super::modules::InlineEntry;
+    let root = format!("lib/modules/{release}");
+    let mut cpio = shim::CpioWriter::new(Vec::new());
+    cpio.dir(&root, 0o755)?;
+    for entry in super::modules::inline_entries(tree)? {
+        match entry {
+            InlineEntry::Dir(path) => cpio.dir(&format!("{root}/{path}"), 0o755)?,
+            InlineEntry::File(path, data) => cpio.file(&format!("{root}/{path}"), 0o644, &data)?,
+            InlineEntry::Symlink(path, target) => {
+                cpio.symlink(&format!("{root}/{path}"), &target)?
+            }
+        }
+    }
+    cpio.finish()
 }
 
 /// Removes all but the `keep` most recently used base images.
@@ -256,6 +305,7 @@ mod tests {
             modules: &plan,
             net_modules: &plan,
             agent: b"AGENT",
+            inline_modules: None,
         };
         let base = prepare_base(dir.path(), &inputs).unwrap();
         assert!(base
@@ -291,6 +341,60 @@ mod tests {
     }
 
     #[test]
+    fn a_small_modules_tree_rides_in_the_initramfs_and_keys_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("kernel/drivers/block")).unwrap();
+        fs::write(tree.join("modules.dep"), b"kernel/drivers/block/loop.ko:\n").unwrap();
+        fs::write(tree.join("kernel/drivers/block/loop.ko"), b"\x7fELF loop").unwrap();
+        std::os::unix::fs::symlink("/usr/src/linux", tree.join("build")).unwrap();
+        let cpio = inline_modules_cpio(&tree, "6.1.192-provium").unwrap();
+        let entries = parse(&cpio);
+        let root = "lib/modules/6.1.192-provium";
+        let find = |name: &str| entries.iter().find(|e| e.name == name);
+        assert_eq!(
+            find(&format!("{root}/kernel/drivers/block/loop.ko"))
+                .unwrap()
+                .data,
+            b"\x7fELF loop"
+        );
+        assert_eq!(
+            find(&format!("{root}/modules.dep")).unwrap().data,
+            b"kernel/drivers/block/loop.ko:\n"
+        );
+        assert_eq!(
+            find(&format!("{root}/build")).unwrap().data,
+            b"/usr/src/linux"
+        );
+
+        let cache = dir.path().join("cache");
+        let plan = ModulePlan::default();
+        let inputs = |inline| BaseInputs {
+            profile: "p",
+            user_initrd: None,
+            init: "none",
+            modules: &plan,
+            net_modules: &plan,
+            agent: b"AGENT",
+            inline_modules: inline,
+        };
+        let without = prepare_base(&cache, &inputs(None)).unwrap();
+        let with = prepare_base(&cache, &inputs(Some((&tree, "6.1.192-provium")))).unwrap();
+        assert_ne!(with, without);
+        let image = fs::read(&with).unwrap();
+        assert!(image.ends_with(&cpio), "the tree's archive ends the image");
+        // A rebuilt module is another image.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        fs::write(
+            tree.join("kernel/drivers/block/loop.ko"),
+            b"\x7fELF loop v2",
+        )
+        .unwrap();
+        let rebuilt = prepare_base(&cache, &inputs(Some((&tree, "6.1.192-provium")))).unwrap();
+        assert_ne!(rebuilt, with);
+    }
+
+    #[test]
     fn the_cache_keeps_the_most_recently_used_images() {
         let dir = tempfile::tempdir().unwrap();
         let plan = ModulePlan::default();
@@ -304,6 +408,7 @@ mod tests {
                 modules: &plan,
                 net_modules: &plan,
                 agent: b"AGENT",
+                inline_modules: None,
             };
             built.push(prepare_base(dir.path(), &inputs).unwrap());
             std::thread::sleep(std::time::Duration::from_millis(5));

@@ -276,6 +276,11 @@ pub fn prepare(profile: &BootProfile) -> Result<Prepared, BootError> {
     let agent_modules =
         initrd::agent_modules(&profile.name, modules_tree.as_deref(), machine.machine)?;
     let net_modules = initrd::net_modules(&profile.name, modules_tree.as_deref())?;
+    // The agent stays PID 1 (`init = "none"`): the guest gets the kernel's modules,
+    // a small tree in the initramfs, a large one on a disk.
+    let offered = modules_tree.as_deref().filter(|_| profile.init == "none");
+    let inline = offered
+        .filter(|tree| modules::tree_size(tree).is_ok_and(|bytes| bytes <= modules::INLINE_MAX));
     let base_initrd = initrd::prepare_base(
         &cache.join("initrd"),
         &initrd::BaseInputs {
@@ -285,10 +290,11 @@ pub fn prepare(profile: &BootProfile) -> Result<Prepared, BootError> {
             modules: &agent_modules,
             net_modules: &net_modules,
             agent: agent_bin::AGENT,
+            inline_modules: inline.map(|tree| (tree, release.as_str())),
         },
     )?;
-    let modules_disk = match (&modules_tree, profile.init == "none") {
-        (Some(tree), true) => Some(modules::disk(&profile.name, tree, &cache)?),
+    let modules_disk = match (offered, inline) {
+        (Some(tree), None) => Some(modules::disk(&profile.name, tree, &cache)?),
         _ => None,
     };
     Ok(Prepared {

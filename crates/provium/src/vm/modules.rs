@@ -221,7 +221,62 @@ pub fn disk(profile: &str, tree: &Path, cache: &Path) -> Result<PathBuf, Modules
     Ok(image)
 }
 
-fn tree_size(dir: &Path) -> io::Result<u64> {
+/// A modules tree up to this size goes into the base initramfs instead of a disk:
+/// measured on the kernel of `scripts/build-kernel` (one module, 232 KB), mounting
+/// the disk cost ~45 ms of a 0.7 s boot, while the tree in the initramfs costs the
+/// guest its size in RAM and nothing measurable to unpack. Debian's cloud kernel
+/// (92 MB of modules) stays on the disk.
+pub const INLINE_MAX: u64 = 8 * 1024 * 1024;
+
+/// Every file of a modules `tree`, as (path inside the tree, contents, mode) and the
+/// symlinks as (path, target), for the initramfs under `lib/modules/<release>/`.
+pub fn inline_entries(tree: &Path) -> io::Result<Vec<InlineEntry>> {
+    let mut entries = Vec::new();
+    collect(tree, Path::new(""), &mut entries)?;
+    entries.sort_by(|a, b| a.path().cmp(b.path()));
+    Ok(entries)
+}
+
+/// One entry of a modules tree carried in the initramfs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InlineEntry {
+    Dir(String),
+    File(String, Vec<u8>),
+    Symlink(String, String),
+}
+
+impl InlineEntry {
+    fn path(&self) -> &str {
+        match self {
+            InlineEntry::Dir(p) | InlineEntry::File(p, _) | InlineEntry::Symlink(p, _) => p,
+        }
+    }
+}
+
+fn collect(dir: &Path, rel: &Path, out: &mut Vec<InlineEntry>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let rel_path = rel.join(entry.file_name());
+        let name = rel_path.to_string_lossy().into_owned();
+        let meta = fs::symlink_metadata(entry.path())?;
+        if meta.is_dir() {
+            out.push(InlineEntry::Dir(name));
+            collect(&entry.path(), &rel_path, out)?;
+        } else if meta.file_type().is_symlink() {
+            let target = fs::read_link(entry.path())?;
+            out.push(InlineEntry::Symlink(
+                name,
+                target.to_string_lossy().into_owned(),
+            ));
+        } else {
+            out.push(InlineEntry::File(name, fs::read(entry.path())?));
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of the files under `dir` (symlinks count as their own size).
+pub fn tree_size(dir: &Path) -> io::Result<u64> {
     let mut total = 0;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
