@@ -7,6 +7,7 @@
 //! layer. A binding raises through [`raise`], which remembers failures of the
 //! infrastructure so the file's outcome can say `error` rather than `failed`.
 
+mod asserts;
 pub mod boot_options;
 pub mod file;
 pub mod fixture;
@@ -19,6 +20,7 @@ pub mod vm_api;
 pub mod vm_args;
 pub mod vm_handle;
 pub mod vm_kernel;
+mod vm_nics;
 pub mod vm_shell;
 pub mod vm_values;
 

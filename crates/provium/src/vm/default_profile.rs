@@ -56,14 +56,7 @@ pub struct DefaultProfile {
     pub initrd: PathBuf,
 }
 
-/// `$PROVIUM_CACHE_DIR`, else `$TMPDIR/provium-cache`: generated initramfs images and
-/// base initrds shared across runs.
-pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("PROVIUM_CACHE_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => std::env::temp_dir().join("provium-cache"),
-    }
-}
+pub use super::cache::cache_dir;
 
 /// The generated busybox userland (initramfs) alone, for any kernel: what a profile
 /// with a `kernel` and no `initrd` boots.

@@ -87,7 +87,7 @@ fn elf_facts(path: &Path) -> Result<ElfFacts, KernelError> {
     {
         return Ok(facts.clone());
     }
-    let remembered = facts_file(&super::default_profile::cache_dir(), &key);
+    let remembered = facts_file(&super::cache::cache_dir(), &key);
     if let Some(facts) = read_facts(&remembered) {
         elf_cache()
             .lock()

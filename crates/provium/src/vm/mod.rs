@@ -8,6 +8,7 @@
 pub mod accel;
 pub mod agent_bin;
 pub mod boot;
+pub mod cache;
 pub mod client;
 pub mod default_profile;
 pub mod fleet;
