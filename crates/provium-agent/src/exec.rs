@@ -47,17 +47,13 @@ fn spawn_shell(cmd: &str, op: &str) -> Result<Shell, AgentError> {
         return Err(sys::os_error("fork"));
     }
     if pid == 0 {
-        // SAFETY: as above; `empty` is a valid sigset_t once sigemptyset has run.
+        // SAFETY: as above (the child between fork and exec).
         unsafe {
             libc::setsid();
             libc::dup2(in_r.as_raw_fd(), 0);
             libc::dup2(out_w.as_raw_fd(), 1);
             libc::dup2(err_w.as_raw_fd(), 2);
-            // Rust ignores SIGPIPE; commands expect the default (`yes | head`).
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            sys::child_signal_defaults(&[libc::SIGPIPE]);
             libc::execv(sh.as_ptr(), argv.as_ptr());
             libc::write(2, failure.as_ptr().cast(), failure.len());
             libc::_exit(127);

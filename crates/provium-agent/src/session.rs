@@ -245,7 +245,7 @@ fn spawn(spec: &Spec, fds: &ChildFds) -> Result<i32, AgentError> {
         return Err(sys::os_error("fork"));
     }
     if pid == 0 {
-        // SAFETY: as above; `empty` is a valid sigset_t once sigemptyset has run.
+        // SAFETY: as above (the child between fork and exec).
         unsafe {
             libc::setsid();
             for (target, fd) in raw.iter().enumerate() {
@@ -254,12 +254,13 @@ fn spawn(spec: &Spec, fds: &ChildFds) -> Result<i32, AgentError> {
             if is_pty {
                 libc::ioctl(0, libc::TIOCSCTTY, 0);
             }
-            for signal in [libc::SIGPIPE, libc::SIGINT, libc::SIGQUIT, libc::SIGTSTP] {
-                libc::signal(signal, libc::SIG_DFL);
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // A terminal's job control signals too: an interactive shell expects them.
+            sys::child_signal_defaults(&[
+                libc::SIGPIPE,
+                libc::SIGINT,
+                libc::SIGQUIT,
+                libc::SIGTSTP,
+            ]);
             libc::execve(sh.as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::write(2, failure.as_ptr().cast(), failure.len());
             libc::_exit(127);

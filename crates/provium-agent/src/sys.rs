@@ -94,6 +94,20 @@ pub fn describe_status(status: i32) -> String {
     }
 }
 
+/// In a forked child before exec: `signals` back to their default action (Rust
+/// ignores SIGPIPE; commands expect it, as in `yes | head`) and nothing blocked.
+///
+/// # Safety
+/// Only between `fork` and exec/`_exit`: it makes async-signal-safe calls alone.
+pub unsafe fn child_signal_defaults(signals: &[i32]) {
+    for &signal in signals {
+        libc::signal(signal, libc::SIG_DFL);
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+}
+
 /// `waitpid` retrying on EINTR.
 pub fn wait_pid(pid: i32) -> Result<i32, i32> {
     let mut status = 0;

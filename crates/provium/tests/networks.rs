@@ -6,9 +6,8 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
-use std::process::Command;
 
+use common::qemus_under;
 use common::Sandbox;
 
 /// Errors raised by the network API itself, without a VM booting.
@@ -56,16 +55,6 @@ fn bad_network_input_is_named_before_anything_boots() {
     // Nothing booted: the only failures are the ten sub-tests.
     run.assert_stdout_contains("bad.lua ... FAIL");
     assert!(!run.stdout.contains("console"), "{run}");
-}
-
-/// QEMU processes whose command line mentions `dir`.
-fn qemus_under(dir: &Path) -> String {
-    let output = Command::new("pgrep")
-        .arg("-af")
-        .arg(format!("[q]emu-system.*{}", dir.display()))
-        .output()
-        .expect("run pgrep");
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Two files run at once, each with its own network on the same subnet: were the
@@ -126,7 +115,7 @@ fn parallel_files_with_networks_cannot_reach_each_other_and_leave_nothing() {
     run.expect_code(0);
     // A passing run leaves no run directory (no socket, no capture) and no QEMU.
     assert!(sb.run_dirs().is_empty(), "{run}");
-    assert_eq!(qemus_under(&sb.runs), "", "{run}");
+    assert_eq!(qemus_under(&sb.runs), Vec::<String>::new(), "{run}");
 }
 
 #[test]
@@ -147,5 +136,5 @@ fn a_fixture_on_a_network_is_refused_with_the_reason() {
     let run = sb.provium(&["test", "t"]);
     run.expect_code(1);
     run.assert_stdout_contains("fixture 'lan' failed: its VM is on network fixtures/lan.lua#net1 (eth0); a fixture's VM cannot be on a network");
-    assert_eq!(qemus_under(&sb.runs), "", "{run}");
+    assert_eq!(qemus_under(&sb.runs), Vec::<String>::new(), "{run}");
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::qemus_under;
 use common::Sandbox;
 
 /// Each boot is seconds of TCG on a small shared machine: one at a time.
@@ -205,22 +206,13 @@ impl Drop for OnPty {
     }
 }
 
-fn qemus_under(dir: &Path) -> String {
-    let output = Command::new("pgrep")
-        .arg("-af")
-        .arg(format!("[q]emu-system.*{}", dir.display()))
-        .output()
-        .expect("run pgrep");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn assert_no_qemu(sb: &Sandbox) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !qemus_under(&sb.runs).is_empty() {
         assert!(
             Instant::now() < deadline,
             "QEMU outlived provium:\n{}",
-            qemus_under(&sb.runs)
+            qemus_under(&sb.runs).join("\n")
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -430,7 +422,7 @@ fn a_shell_without_a_terminal_or_in_a_parallel_run_is_refused_at_once() {
         "{:?}",
         start.elapsed()
     );
-    assert_eq!(qemus_under(&sb.runs), "");
+    assert_eq!(qemus_under(&sb.runs), Vec::<String>::new());
 
     let run = sb.provium(&["test", "--shell-on-failure", "t/b.lua"]);
     run.expect_code(1);

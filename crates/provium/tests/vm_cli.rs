@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::qemus_under;
 use common::{Run, Sandbox};
 use provium::vm::default_profile;
 
@@ -20,19 +21,6 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// QEMU processes whose command line mentions `dir` (their sockets live there).
-fn qemus_under(dir: &Path) -> Vec<String> {
-    let output = Command::new("pgrep")
-        .arg("-af")
-        .arg(format!("[q]emu-system.*{}", dir.display()))
-        .output()
-        .expect("run pgrep");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// Polls until no QEMU mentions `dir`; a SIGKILLed process may take a moment to go.

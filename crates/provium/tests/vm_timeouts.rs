@@ -7,22 +7,10 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
+use common::qemus_under;
 use common::Sandbox;
-
-fn qemus_under(dir: &Path) -> Vec<String> {
-    let output = Command::new("pgrep")
-        .arg("-af")
-        .arg(format!("[q]emu-system.*{}", dir.display()))
-        .output()
-        .expect("run pgrep");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 /// `(outcome, duration_ms)` of each file's final attempt, from `--json`.
 fn outcomes(path: &Path) -> Vec<(String, String, u64)> {

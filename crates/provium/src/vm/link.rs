@@ -335,38 +335,14 @@ impl Link {
         timeout: Duration,
     ) -> Result<(Response, Vec<u8>), LinkError> {
         let x = Exchange::new(req.op_name(), channel, timeout);
-        let channel_lock = {
-            let mut locks = lock(&self.inner.channel_locks);
-            Arc::clone(locks.entry(channel).or_default())
-        };
+        let channel_lock = self.channel_lock(channel);
         let _serialised = lock(&channel_lock);
-        // A file that must stop sends nothing more.
-        self.check_alive(&x)?;
-        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        let frame =
-            encode_request(channel, seq, req).map_err(|source| self.protocol(&x, source))?;
-        let (tx, rx) = mpsc::channel();
-        let paced = {
-            let mut state = lock(&self.inner.state);
-            if let Some(reason) = &state.lost {
-                return Err(LinkError::Disconnected {
-                    vm: self.inner.vm.clone(),
-                    op: x.op,
-                    channel,
-                    reason: reason.clone(),
-                });
-            }
-            if state.streams.contains(&channel) {
-                return Err(LinkError::Unexpected {
-                    vm: self.inner.vm.clone(),
-                    op: x.op,
-                    channel,
-                    got: "the channel is held by an interactive session".to_string(),
-                });
-            }
-            state.pending.insert(channel, Pending { seq, tx });
-            state.credit.is_some()
-        };
+        let Begun {
+            seq,
+            frame,
+            rx,
+            paced,
+        } = self.begin(&x, req, false)?;
         let result = self
             .write_frame(&frame, &x, true)
             .and_then(|()| self.upload(upload, seq, paced, &rx, &x))
@@ -478,36 +454,9 @@ impl Link {
         write_timeout: Duration,
     ) -> Result<LinkStream, LinkError> {
         let x = Exchange::new(req.op_name(), channel, write_timeout);
-        let channel_lock = {
-            let mut locks = lock(&self.inner.channel_locks);
-            Arc::clone(locks.entry(channel).or_default())
-        };
+        let channel_lock = self.channel_lock(channel);
         let _serialised = lock(&channel_lock);
-        self.check_alive(&x)?;
-        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        let frame =
-            encode_request(channel, seq, req).map_err(|source| self.protocol(&x, source))?;
-        let (tx, rx) = mpsc::channel();
-        {
-            let mut state = lock(&self.inner.state);
-            if let Some(reason) = &state.lost {
-                return Err(LinkError::Disconnected {
-                    vm: self.inner.vm.clone(),
-                    op: x.op,
-                    channel,
-                    reason: reason.clone(),
-                });
-            }
-            if !state.streams.insert(channel) {
-                return Err(LinkError::Unexpected {
-                    vm: self.inner.vm.clone(),
-                    op: x.op,
-                    channel,
-                    got: "the channel is held by an interactive session".to_string(),
-                });
-            }
-            state.pending.insert(channel, Pending { seq, tx });
-        }
+        let Begun { seq, frame, rx, .. } = self.begin(&x, req, true)?;
         let stream = LinkStream {
             link: self.clone(),
             op: x.op,
@@ -519,6 +468,52 @@ impl Link {
         };
         self.write_frame(&frame, &x, true)?;
         Ok(stream)
+    }
+
+    /// The lock that serialises calls on `channel`.
+    fn channel_lock(&self, channel: u32) -> Arc<Mutex<()>> {
+        let mut locks = lock(&self.inner.channel_locks);
+        Arc::clone(locks.entry(channel).or_default())
+    }
+
+    /// Starts exchange `x` for `req` (its channel lock held): checks that the caller
+    /// may go on and the connection stands, encodes the request under a new sequence
+    /// number and registers it as the channel's pending call; with `hold`, the channel
+    /// is also held for a stream until it is dropped. Refused while a stream holds it.
+    fn begin(&self, x: &Exchange, req: &Request, hold: bool) -> Result<Begun, LinkError> {
+        // A file that must stop sends nothing more.
+        self.check_alive(x)?;
+        let channel = x.channel;
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_request(channel, seq, req).map_err(|source| self.protocol(x, source))?;
+        let (tx, rx) = mpsc::channel();
+        let mut state = lock(&self.inner.state);
+        if let Some(reason) = &state.lost {
+            return Err(LinkError::Disconnected {
+                vm: self.inner.vm.clone(),
+                op: x.op,
+                channel,
+                reason: reason.clone(),
+            });
+        }
+        if state.streams.contains(&channel) {
+            return Err(LinkError::Unexpected {
+                vm: self.inner.vm.clone(),
+                op: x.op,
+                channel,
+                got: "the channel is held by an interactive session".to_string(),
+            });
+        }
+        if hold {
+            state.streams.insert(channel);
+        }
+        state.pending.insert(channel, Pending { seq, tx });
+        Ok(Begun {
+            seq,
+            frame,
+            rx,
+            paced: state.credit.is_some(),
+        })
     }
 
     /// Tells the agent the host gave up on request `seq`, so a command it runs is
@@ -839,6 +834,15 @@ impl Link {
         }
         result
     }
+}
+
+/// A request registered by [`Link::begin`], ready to be written.
+struct Begun {
+    seq: u32,
+    frame: Vec<u8>,
+    rx: Receiver<Delivery>,
+    /// Writes wait for the agent's credit (the UART).
+    paced: bool,
 }
 
 /// An exchange opened by [`Link::open_stream`].

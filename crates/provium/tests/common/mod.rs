@@ -169,3 +169,16 @@ pub fn redact(text: &str) -> String {
     let text = durations.replace_all(text, "T)");
     ids.replace_all(&text, "run-ID").into_owned()
 }
+
+/// QEMU processes whose command line mentions `dir` (their sockets live there).
+pub fn qemus_under(dir: &Path) -> Vec<String> {
+    let output = Command::new("pgrep")
+        .arg("-af")
+        .arg(format!("[q]emu-system.*{}", dir.display()))
+        .output()
+        .expect("run pgrep");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
