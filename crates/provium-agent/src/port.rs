@@ -98,9 +98,14 @@ fn set_raw(file: &File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs the sysfs scan in a forked helper with its own mount namespace and returns
-/// the port's device numbers, or what was seen instead.
+/// Finds the port's device numbers, or says what was seen instead. When sysfs is
+/// already mounted on `/sys` (the agent is the whole userspace and mounted it), the
+/// scan reads it in place; otherwise it runs in a forked helper with its own mount
+/// namespace, so init's view of the system stays untouched.
 fn find_virtio_port(dir: &str) -> Result<(u32, u32), String> {
+    if std::path::Path::new("/sys/kernel").is_dir() {
+        return parse_scan(&scan_sysfs("/sys"));
+    }
     let mount_point = format!("{dir}/.sysfs-{}", std::process::id());
     let c_mount = CString::new(mount_point.clone()).map_err(|_| "bad mount point".to_string())?;
     // SAFETY: `c_mount` is a NUL-terminated path alive for the call.
@@ -135,6 +140,11 @@ fn find_virtio_port(dir: &str) -> Result<(u32, u32), String> {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
     }
     read.map_err(|e| format!("reading the scan helper: {e}"))?;
+    parse_scan(&answer)
+}
+
+/// The scan's answer: `dev MAJOR:MINOR`, or why there is none.
+fn parse_scan(answer: &str) -> Result<(u32, u32), String> {
     let answer = answer.trim();
     let numbers = answer
         .strip_prefix("dev ")
@@ -174,8 +184,14 @@ fn scan_in_private_namespace(c_mount: &CString, mount_point: &str) -> String {
             return format!("mount sysfs: {}", std::io::Error::last_os_error());
         }
     }
-    let class = format!("{mount_point}/class/virtio-ports");
-    let devices = format!("{mount_point}/bus/virtio/devices");
+    scan_sysfs(mount_point)
+}
+
+/// Waits for the port under the sysfs mounted at `sysfs`: `dev MAJOR:MINOR`, or what
+/// was seen instead.
+fn scan_sysfs(sysfs: &str) -> String {
+    let class = format!("{sysfs}/class/virtio-ports");
+    let devices = format!("{sysfs}/bus/virtio/devices");
     let start = Instant::now();
     let deadline = start + PORT_WAIT;
     loop {

@@ -304,11 +304,14 @@ fn handshake(
         }
     }
     drop(tx);
-    let mut won = None;
     let mut errors = Vec::new();
     for (index, channel, result) in rx {
         match result {
-            Ok(link) if won.is_none() => {
+            Ok(link) => {
+                handshaking.store(false, Ordering::Release);
+                // The losing attempt sees its cancel at its next liveness check (up
+                // to LIVENESS_POLL later), drops its stream and ends on its own: the
+                // boot does not wait for it.
                 for (other, cancel) in cancels.iter().enumerate() {
                     if other != index {
                         cancel.store(true, Ordering::Release);
@@ -319,9 +322,8 @@ fn handshake(
                 if channel == AgentChannel::Uart {
                     link.pace_for_uart();
                 }
-                won = Some((link, channel));
+                return Ok((link, channel));
             }
-            Ok(_) => {}
             Err(error) => errors.push(error),
         }
     }
@@ -329,7 +331,7 @@ fn handshake(
         let _ = thread.join();
     }
     handshaking.store(false, Ordering::Release);
-    won.ok_or(HandshakeFailure::Link(errors))
+    Err(HandshakeFailure::Link(errors))
 }
 
 /// Turns a failed handshake into the most telling boot error (the caller drops QEMU).
