@@ -57,7 +57,7 @@ pub struct Profile {
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("profile '{profile}': machine '{value}' is not a machine Provium boots: use \"pc\" or \"microvm\", or leave it out to let Provium choose (in {})", path.display())]
+    #[error("profile '{profile}': machine '{value}' is not a machine Provium boots: use \"pc\", \"q35\" or \"microvm\", or leave it out to let Provium choose (in {})", path.display())]
     BadMachine {
         path: PathBuf,
         profile: String,
@@ -498,7 +498,11 @@ impl Config {
 /// A profile's `machine`: the QEMU machine model its VMs boot on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Machine {
+    /// i440fx + PIIX: PCI, every kernel boots on it.
     Pc,
+    /// Q35 + ICH9: PCI Express, interrupts routed from a static ACPI table.
+    Q35,
+    /// No PCI: virtio-mmio devices, a PVH `vmlinux`.
     Microvm,
 }
 
@@ -507,6 +511,7 @@ impl Machine {
     pub fn parse(text: &str) -> Option<Machine> {
         match text {
             "pc" => Some(Machine::Pc),
+            "q35" => Some(Machine::Q35),
             "microvm" => Some(Machine::Microvm),
             _ => None,
         }
@@ -515,6 +520,7 @@ impl Machine {
     pub fn name(self) -> &'static str {
         match self {
             Machine::Pc => "pc",
+            Machine::Q35 => "q35",
             Machine::Microvm => "microvm",
         }
     }
@@ -522,14 +528,14 @@ impl Machine {
     /// The virtio device model of a kind (`serial`, `blk`, `net`) on this machine.
     pub fn virtio(self, kind: &str) -> String {
         match self {
-            Machine::Pc => format!("virtio-{kind}-pci"),
+            Machine::Pc | Machine::Q35 => format!("virtio-{kind}-pci"),
             Machine::Microvm => format!("virtio-{kind}-device"),
         }
     }
 
     /// Whether the machine has the second UART the agent falls back to.
     pub fn has_fallback_uart(self) -> bool {
-        self == Machine::Pc
+        self != Machine::Microvm
     }
 }
 
@@ -709,9 +715,9 @@ mod tests {
     #[test]
     fn unknown_keys_and_tables_are_rejected() {
         let project = Project::new();
-        let err = project.load_err("[profile.m]\nkernel = \"bzImage\"\nmachine = \"q35\"\n");
+        let err = project.load_err("[profile.m]\nkernel = \"bzImage\"\nmachine = \"virt\"\n");
         assert!(
-            err.starts_with("profile 'm': machine 'q35' is not a machine Provium boots: use \"pc\" or \"microvm\""),
+            err.starts_with("profile 'm': machine 'virt' is not a machine Provium boots: use \"pc\", \"q35\" or \"microvm\""),
             "{err}"
         );
         let err = project.load_err("[profile.m]\nkernel = \"bzImage\"\nkernal = \"x\"\n");

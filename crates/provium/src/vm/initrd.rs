@@ -257,7 +257,9 @@ pub fn agent_modules(
     machine: super::machine::Machine,
 ) -> Result<ModulePlan, InitrdError> {
     match machine {
-        super::machine::Machine::Pc => modules_of(profile, tree, kernel::AGENT_MODULES),
+        super::machine::Machine::Pc | super::machine::Machine::Q35 => {
+            modules_of(profile, tree, kernel::AGENT_MODULES)
+        }
         // Its devices are on virtio-mmio.
         super::machine::Machine::Microvm => {
             let mut wanted = kernel::AGENT_MODULES.to_vec();

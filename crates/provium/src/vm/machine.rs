@@ -3,16 +3,22 @@
 //! - `pc` (i440fx): virtio devices on PCI, two UARTs (the console and the agent's
 //!   fallback channel), SeaBIOS — or QEMU's `qboot` when it is installed, which boots
 //!   a kernel directly with less firmware work.
+//! - `q35` (ICH9): virtio devices on PCI Express, two UARTs, the same firmware as
+//!   `pc`. The kernel finds each PCI device's interrupt in a static ACPI table,
+//!   where on `pc` the firmware's `_PRT` method builds its table in a 128-step AML
+//!   loop for every device it is asked about: about 90 ms per virtio device under
+//!   TCG, most of what a distribution kernel's boot spent after its init started.
 //! - `microvm`: no PCI, no legacy devices; virtio devices on virtio-mmio, one UART,
 //!   its own minimal firmware, and a PVH `vmlinux` booted directly. The fastest path
 //!   (docs/kernels.md has the bare boot times), for kernels built for it: virtio-mmio
 //!   and the virtio console built in (`provium kconfig` has both).
 //!
-//! A profile's `machine` key picks one; without it Provium takes `microvm` only when
-//! it can tell the kernel supports it — a PVH `vmlinux` whose `.config` (found beside
-//! it) has virtio-mmio, the virtio console and ACPI built in — and `pc` otherwise, so
-//! a distribution kernel (Debian's cloud kernel hung on microvm in one of two bare
-//! boots) stays on `pc`.
+//! A profile's `machine` key picks one; without it Provium takes the fastest one it
+//! can tell the kernel supports, from its `.config` (beside it, or a distribution's
+//! `/boot/config-<release>`): `microvm` for a PVH `vmlinux` with virtio-mmio, the
+//! virtio console and ACPI built in; `q35` for a kernel with ACPI and PCI built in
+//! (Debian's cloud kernel: it hung on microvm in one of two bare boots, so it never
+//! gets microvm unasked); `pc` when no `.config` says more.
 
 use std::path::{Path, PathBuf};
 
@@ -52,9 +58,10 @@ pub enum MachineError {
         #[source]
         source: KernelError,
     },
-    #[error("profile '{profile}': machine = \"microvm\" needs {missing} built in (=y), but {} has {found}; build the kernel with `provium kconfig`'s fragment, or use machine = \"pc\"", .config.display())]
-    MicrovmUnsupported {
+    #[error("profile '{profile}': machine = \"{}\" needs {missing} built in (=y), but {} has {found}; build the kernel with `provium kconfig`'s fragment, or use machine = \"pc\"", .machine.name(), .config.display())]
+    Unsupported {
         profile: String,
+        machine: Machine,
         missing: &'static str,
         found: String,
         config: PathBuf,
@@ -66,10 +73,28 @@ const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 
 /// What microvm needs built into the kernel: the agent's channel on virtio-mmio, and
 /// ACPI (power-off ends QEMU through the GED device).
-const MICROVM_NEEDS: [&str; 3] = ["CONFIG_VIRTIO_MMIO", "CONFIG_VIRTIO_CONSOLE", "CONFIG_ACPI"];
+const MICROVM_NEEDS: &[&str] = &["CONFIG_VIRTIO_MMIO", "CONFIG_VIRTIO_CONSOLE", "CONFIG_ACPI"];
+
+/// What q35 needs built into the kernel: PCI, and ACPI, which routes q35's PCI
+/// interrupts (it has no BIOS routing table for a kernel without ACPI) and powers
+/// it off.
+const Q35_NEEDS: &[&str] = &["CONFIG_PCI", "CONFIG_ACPI"];
+
+/// What a machine needs built into the kernel, as far as a `.config` can tell.
+fn needs(machine: Machine) -> &'static [&'static str] {
+    match machine {
+        Machine::Pc => &[],
+        Machine::Q35 => Q35_NEEDS,
+        Machine::Microvm => MICROVM_NEEDS,
+    }
+}
 
 /// Decides the machine for `kernel`: `requested` (the profile's `machine`), else the
-/// fastest one the kernel is known to support.
+/// fastest one the kernel is known to support: `microvm` for a PVH `vmlinux` built
+/// for it, `q35` for a kernel whose `.config` has ACPI and PCI built in (on `pc`,
+/// ACPI finds each PCI device's interrupt by running the firmware's 128-step `_PRT`
+/// loop, ~90 ms per virtio device under TCG; q35's table is static), `pc` when
+/// nothing says more.
 pub fn choose(
     profile: &str,
     requested: Option<Machine>,
@@ -80,53 +105,59 @@ pub fn choose(
         source,
     })?;
     let config = kernel_config(kernel);
-    let qboot = Path::new(QBOOT).is_file().then(|| PathBuf::from(QBOOT));
-    let pc = |reason: String| MachineSetup {
-        machine: Machine::Pc,
-        firmware: qboot.clone(),
+    let setup = |machine: Machine, reason: String| MachineSetup {
+        machine,
+        // qboot boots pc and q35 alike; microvm has its own firmware.
+        firmware: (machine != Machine::Microvm && Path::new(QBOOT).is_file())
+            .then(|| PathBuf::from(QBOOT)),
         reason,
     };
-    match requested {
-        Some(Machine::Pc) => Ok(pc("the profile's machine".to_string())),
-        Some(Machine::Microvm) => {
-            if let Some((path, text)) = &config {
-                if let Some((missing, found)) = first_missing(text) {
-                    return Err(MachineError::MicrovmUnsupported {
-                        profile: profile.to_string(),
-                        missing,
-                        found,
-                        config: path.clone(),
-                    });
-                }
+    let supports = |machine: Machine| {
+        config
+            .as_ref()
+            .is_some_and(|(_, text)| first_missing(text, needs(machine)).is_none())
+    };
+    let config_path = config
+        .as_ref()
+        .map(|(path, _)| path.display().to_string())
+        .unwrap_or_default();
+    if let Some(machine) = requested {
+        if let Some((path, text)) = &config {
+            if let Some((missing, found)) = first_missing(text, needs(machine)) {
+                return Err(MachineError::Unsupported {
+                    profile: profile.to_string(),
+                    machine,
+                    missing,
+                    found,
+                    config: path.clone(),
+                });
             }
-            Ok(MachineSetup {
-                machine: Machine::Microvm,
-                firmware: None,
-                reason: "the profile's machine".to_string(),
-            })
         }
-        None => match (image, &config) {
-            (KernelImage::PvhElf, Some((path, text))) if first_missing(text).is_none() => {
-                Ok(MachineSetup {
-                    machine: Machine::Microvm,
-                    firmware: None,
-                    reason: format!(
-                        "a PVH vmlinux whose {} has virtio-mmio, the virtio console and ACPI built in",
-                        path.display()
-                    ),
-                })
-            }
-            (KernelImage::PvhElf, _) => Ok(pc(
-                "a PVH vmlinux without a .config beside it saying microvm would work".to_string(),
-            )),
-            (KernelImage::BzImage, _) => Ok(pc("a bzImage".to_string())),
-        },
+        return Ok(setup(machine, "the profile's machine".to_string()));
     }
+    Ok(match image {
+        KernelImage::PvhElf if supports(Machine::Microvm) => setup(
+            Machine::Microvm,
+            format!("a PVH vmlinux whose {config_path} has virtio-mmio, the virtio console and ACPI built in"),
+        ),
+        _ if supports(Machine::Q35) => setup(
+            Machine::Q35,
+            format!("a kernel whose {config_path} has ACPI and PCI built in"),
+        ),
+        KernelImage::PvhElf => setup(
+            Machine::Pc,
+            "a PVH vmlinux without a .config saying microvm or q35 would work".to_string(),
+        ),
+        KernelImage::BzImage => setup(
+            Machine::Pc,
+            "a bzImage without a .config saying q35 would work".to_string(),
+        ),
+    })
 }
 
-/// The first of [`MICROVM_NEEDS`] not `=y` in a `.config`, and what it says instead.
-fn first_missing(config: &str) -> Option<(&'static str, String)> {
-    MICROVM_NEEDS.iter().find_map(|option| {
+/// The first of `needs` not `=y` in a `.config`, and what it says instead.
+fn first_missing(config: &str, needs: &[&'static str]) -> Option<(&'static str, String)> {
+    needs.iter().find_map(|option| {
         let set = config
             .lines()
             .find_map(|line| line.strip_prefix(&format!("{option}=")).map(str::to_string));
@@ -139,15 +170,24 @@ fn first_missing(config: &str) -> Option<(&'static str, String)> {
 }
 
 /// The `.config` of the build a kernel image came from: beside it (a `vmlinux` in a
-/// build tree, `scripts/build-kernel`'s cache entry) or three levels up (a tree's
-/// `arch/x86/boot/bzImage`).
+/// build tree, `scripts/build-kernel`'s cache entry), three levels up (a tree's
+/// `arch/x86/boot/bzImage`), or a distribution's `/boot/config-<release>` beside its
+/// `/boot/vmlinuz-<release>`.
 pub fn kernel_config(kernel: &Path) -> Option<(PathBuf, String)> {
     let kernel = std::fs::canonicalize(kernel).unwrap_or_else(|_| kernel.to_path_buf());
+    let installed = kernel.file_name().and_then(|name| {
+        let name = name.to_str()?;
+        let release = name
+            .strip_prefix("vmlinuz-")
+            .or_else(|| name.strip_prefix("vmlinux-"))?;
+        Some(kernel.with_file_name(format!("config-{release}")))
+    });
     kernel
         .ancestors()
         .skip(1)
         .take(4)
         .map(|dir| dir.join(".config"))
+        .chain(installed)
         .find_map(|path| std::fs::read_to_string(&path).ok().map(|text| (path, text)))
 }
 
@@ -177,13 +217,16 @@ mod tests {
 
     #[test]
     fn a_config_needs_mmio_console_and_acpi_built_in() {
-        assert_eq!(first_missing(GOOD), None);
+        assert_eq!(first_missing(GOOD, MICROVM_NEEDS), None);
         assert_eq!(
-            first_missing("CONFIG_VIRTIO_MMIO=m\nCONFIG_VIRTIO_CONSOLE=y\nCONFIG_ACPI=y\n"),
+            first_missing(
+                "CONFIG_VIRTIO_MMIO=m\nCONFIG_VIRTIO_CONSOLE=y\nCONFIG_ACPI=y\n",
+                MICROVM_NEEDS
+            ),
             Some(("CONFIG_VIRTIO_MMIO", "CONFIG_VIRTIO_MMIO=m".to_string()))
         );
         assert_eq!(
-            first_missing("CONFIG_VIRTIO_MMIO=y\nCONFIG_ACPI=y\n"),
+            first_missing("CONFIG_VIRTIO_MMIO=y\nCONFIG_ACPI=y\n", MICROVM_NEEDS),
             Some((
                 "CONFIG_VIRTIO_CONSOLE",
                 "no CONFIG_VIRTIO_CONSOLE".to_string()
@@ -215,6 +258,43 @@ mod tests {
             choose("p", Some(Machine::Pc), &kernel).unwrap().machine,
             Machine::Pc
         );
+        // The same .config refuses q35 too: it says nothing of ACPI.
+        let error = choose("p", Some(Machine::Q35), &kernel)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("profile 'p': machine = \"q35\" needs CONFIG_PCI built in (=y)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_kernel_with_acpi_and_pci_boots_on_q35_unless_microvm_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        // A distribution's layout: /boot/vmlinuz-R beside /boot/config-R.
+        let kernel = dir.path().join("vmlinuz-6.1.0-test");
+        let mut image = vec![0u8; 0x300];
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(&kernel, &image).unwrap();
+        std::fs::write(
+            dir.path().join("config-6.1.0-test"),
+            "CONFIG_PCI=y\nCONFIG_ACPI=y\nCONFIG_VIRTIO_PCI=m\n",
+        )
+        .unwrap();
+        let setup = choose("p", None, &kernel).unwrap();
+        assert_eq!(setup.machine, Machine::Q35);
+        assert!(
+            setup.reason.contains("config-6.1.0-test"),
+            "{}",
+            setup.reason
+        );
+        assert_eq!(
+            choose("p", Some(Machine::Pc), &kernel).unwrap().machine,
+            Machine::Pc
+        );
+        // Without ACPI, q35 would have no interrupt routing: pc.
+        std::fs::write(dir.path().join("config-6.1.0-test"), "CONFIG_PCI=y\n").unwrap();
+        assert_eq!(choose("p", None, &kernel).unwrap().machine, Machine::Pc);
     }
 
     #[test]
@@ -222,6 +302,8 @@ mod tests {
         assert_eq!(Machine::Pc.virtio("serial"), "virtio-serial-pci");
         assert_eq!(Machine::Microvm.virtio("blk"), "virtio-blk-device");
         assert!(Machine::Pc.has_fallback_uart());
+        assert_eq!(Machine::Q35.virtio("net"), "virtio-net-pci");
+        assert!(Machine::Q35.has_fallback_uart());
         assert!(!Machine::Microvm.has_fallback_uart());
         assert!(tsc_hint().unwrap().starts_with("tsc_early_khz="));
     }
