@@ -347,7 +347,7 @@ impl Router {
                         self.route(frame);
                     }
                     Ok(Some(frame)) => self.route(frame),
-                    Err(ProtoError::PayloadChecksum { channel, seq }) => self.shared.refuse(
+                    Err(ProtoError::PayloadChecksum { channel, seq, .. }) => self.shared.refuse(
                         channel,
                         seq,
                         AgentError::InvalidRequest {

@@ -26,9 +26,13 @@ pub enum ProtoError {
     InvalidUtf8 { what: &'static str },
     /// A message decoded completely but bytes were left over.
     TrailingBytes { extra: u64 },
-    /// A frame's payload does not match its checksum.
-    PayloadChecksum { channel: u32, seq: u32 },
+    /// A frame's payload does not match its checksum. `older` when it matches the
+    /// checksum of protocol 4 and older instead: the sender is of an older version.
+    PayloadChecksum { channel: u32, seq: u32, older: bool },
 }
+
+/// The last protocol version whose payloads carry byte-wise FNV-1a checksums.
+pub const LAST_FNV_PROTOCOL: u32 = 4;
 
 impl fmt::Display for ProtoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -44,11 +48,22 @@ impl fmt::Display for ProtoError {
             ProtoError::TrailingBytes { extra } => {
                 write!(f, "{extra} unexpected bytes after the message")
             }
-            ProtoError::PayloadChecksum { channel, seq } => {
+            ProtoError::PayloadChecksum {
+                channel,
+                seq,
+                older,
+            } => {
                 write!(
                     f,
                     "payload checksum mismatch (channel {channel}, seq {seq})"
-                )
+                )?;
+                if *older {
+                    write!(
+                        f,
+                        "; it is checksummed as protocol {LAST_FNV_PROTOCOL} and older did: the sender speaks an older protocol"
+                    )?;
+                }
+                Ok(())
             }
         }
     }

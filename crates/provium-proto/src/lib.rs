@@ -9,7 +9,7 @@ pub mod frame;
 pub mod message;
 mod wire;
 
-pub use error::{errno_name, AgentError, ProtoError};
+pub use error::{errno_name, AgentError, ProtoError, LAST_FNV_PROTOCOL};
 pub use frame::{
     encode_data_frame, encode_frame, encode_message, encode_request, seal_data_frame, seal_frame,
     Frame, FrameReader, DATA_FRAME_PREFIX, FRAME_HEADER_LEN, MAGIC,
@@ -20,8 +20,10 @@ pub use message::{
 };
 
 /// Protocol version exchanged in `Hello`/`HelloAck`. Bump on any change to the message
-/// encoding; the frame header and the handshake messages never change.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// encoding; the frame header's layout, its checksum and the handshake messages
+/// never change. Version 5 changed the payload checksum (byte-wise FNV-1a before);
+/// a reader still recognises the old one and says the sender is older.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame payload accepted by either side. Leaves room around [`MAX_DATA`] for
 /// the message's own fields (tag, lengths, a path).

@@ -984,7 +984,17 @@ fn read_loop(
                     (frame.channel, frame.seq, Delivery::Data(frame))
                 }
                 Ok(Some(frame)) => (frame.channel, frame.seq, Delivery::End(frame.message())),
-                Err(e @ ProtoError::PayloadChecksum { channel, seq }) => {
+                Err(ProtoError::PayloadChecksum { older: true, .. })
+                    if lock(&state).hello.is_some() =>
+                {
+                    // An agent of protocol 4 or older refusing our Hello: its frames
+                    // carry the old payload checksum. Said as a version mismatch.
+                    if let Some(tx) = &lock(&state).hello {
+                        let _ = tx.send(provium_proto::LAST_FNV_PROTOCOL);
+                    }
+                    continue;
+                }
+                Err(e @ ProtoError::PayloadChecksum { channel, seq, .. }) => {
                     (channel, seq, Delivery::End(Err(e)))
                 }
                 // An oversize header cannot be attributed to a call; the reader has
@@ -1147,6 +1157,42 @@ mod tests {
             err.to_string(),
             format!(
                 "VM t: protocol version mismatch: host speaks {PROTOCOL_VERSION}, agent speaks 999"
+            )
+        );
+    }
+
+    #[test]
+    fn an_agent_of_protocol_4_is_named_as_such() {
+        // A protocol-4 agent cannot check our Hello and refuses it in a frame whose
+        // payload carries byte-wise FNV-1a, as protocol 4 did.
+        fn fnv1a(data: &[u8]) -> u32 {
+            data.iter().fold(0x811c_9dc5, |h: u32, &b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            })
+        }
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            let _ = guest.read(&mut buf);
+            let refusal = Message::Response(Response::Error(AgentError::InvalidRequest {
+                op: "receive".into(),
+                reason: "payload checksum mismatch".into(),
+            }));
+            let mut frame = encode_message(0, 0, &refusal).unwrap();
+            let sum = fnv1a(&frame[provium_proto::FRAME_HEADER_LEN..]);
+            frame[16..20].copy_from_slice(&sum.to_le_bytes());
+            let header_sum = fnv1a(&frame[..20]);
+            frame[20..24].copy_from_slice(&header_sum.to_le_bytes());
+            let _ = guest.write_all(&frame);
+            std::thread::sleep(Duration::from_secs(2));
+        });
+        let err = Link::connect("t", host, alive(), Duration::from_secs(5))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "VM t: protocol version mismatch: host speaks {PROTOCOL_VERSION}, agent speaks 4"
             )
         );
     }
