@@ -1150,13 +1150,18 @@ mod tests {
     fn version_mismatch_names_both_versions() {
         let (host, guest) = UnixStream::pair().unwrap();
         fake_agent(guest, |_| Some(Message::HelloAck { version: 999 }));
+        assert_mismatch(host, 999);
+    }
+
+    /// Connects on `host` and checks the handshake fails naming both versions.
+    fn assert_mismatch(host: UnixStream, agent: u32) {
         let err = Link::connect("t", host, alive(), Duration::from_secs(5))
             .err()
             .unwrap();
         assert_eq!(
             err.to_string(),
             format!(
-                "VM t: protocol version mismatch: host speaks {PROTOCOL_VERSION}, agent speaks 999"
+                "VM t: protocol version mismatch: host speaks {PROTOCOL_VERSION}, agent speaks {agent}"
             )
         );
     }
@@ -1186,15 +1191,7 @@ mod tests {
             let _ = guest.write_all(&frame);
             std::thread::sleep(Duration::from_secs(2));
         });
-        let err = Link::connect("t", host, alive(), Duration::from_secs(5))
-            .err()
-            .unwrap();
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "VM t: protocol version mismatch: host speaks {PROTOCOL_VERSION}, agent speaks 4"
-            )
-        );
+        assert_mismatch(host, 4);
     }
 
     #[test]

@@ -234,13 +234,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_bzimage_boots_on_pc_and_microvm_is_refused_for_a_modular_kernel() {
-        let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("bzImage");
+    /// The smallest file `kernel_image` takes for a bzImage: the `HdrS` magic.
+    fn fake_bzimage(dir: &Path, name: &str) -> PathBuf {
+        let kernel = dir.join(name);
         let mut image = vec![0u8; 0x300];
         image[0x202..0x206].copy_from_slice(b"HdrS");
         std::fs::write(&kernel, &image).unwrap();
+        kernel
+    }
+
+    #[test]
+    fn a_bzimage_boots_on_pc_and_microvm_is_refused_for_a_modular_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = fake_bzimage(dir.path(), "bzImage");
         let setup = choose("p", None, &kernel).unwrap();
         assert_eq!(setup.machine, Machine::Pc);
         std::fs::write(dir.path().join(".config"), "CONFIG_VIRTIO_MMIO=m\n").unwrap();
@@ -272,10 +278,7 @@ mod tests {
     fn a_kernel_with_acpi_and_pci_boots_on_q35_unless_microvm_fits() {
         let dir = tempfile::tempdir().unwrap();
         // A distribution's layout: /boot/vmlinuz-R beside /boot/config-R.
-        let kernel = dir.path().join("vmlinuz-6.1.0-test");
-        let mut image = vec![0u8; 0x300];
-        image[0x202..0x206].copy_from_slice(b"HdrS");
-        std::fs::write(&kernel, &image).unwrap();
+        let kernel = fake_bzimage(dir.path(), "vmlinuz-6.1.0-test");
         std::fs::write(
             dir.path().join("config-6.1.0-test"),
             "CONFIG_PCI=y\nCONFIG_ACPI=y\nCONFIG_VIRTIO_PCI=m\n",
